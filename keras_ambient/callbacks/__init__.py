@@ -1,0 +1,1 @@
+from keras_ambient.callbacks.terminate_on_non_finite import TerminateOnNonFinite

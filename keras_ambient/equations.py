@@ -1,0 +1,119 @@
+"""The equations of the method, each in one place (method.md M1-M5).
+
+Every function is written in the variance-exploding (VE) form of EDM,
+`x_t = x0 + sigma_t * z`, with `keras.ops` so it runs on JAX, PyTorch and
+TensorFlow. Noise levels are per-sample vectors of shape `(batch,)` (or
+scalars) and are broadcast against data of any rank.
+"""
+
+import math
+
+from keras import ops
+
+# Smallest noise level fed to `log` (c_noise) so that D(x; 0) = x stays finite.
+_TINY_SIGMA = 1e-20
+
+
+def expand_to(sigma, x):
+    """Reshapes a `(batch,)` (or scalar) noise level to broadcast against `x`."""
+    sigma = ops.convert_to_tensor(sigma, dtype="float32")
+    if len(sigma.shape) == 0:
+        return sigma
+    return ops.reshape(sigma, (-1,) + (1,) * (len(x.shape) - 1))
+
+
+def add_diffusion_noise(y, sigma_n, sigma_t, noise):
+    """M1: noise a sample observed at `sigma_n` further, to level `sigma_t`.
+
+    `x_t = y + sqrt(sigma_t^2 - sigma_n^2) * z'`. Requires
+    `sigma_t >= sigma_n`; with `sigma_n = 0` this is the usual forward process.
+    """
+    var = ops.maximum(ops.square(sigma_t) - ops.square(sigma_n), 0.0)
+    return y + expand_to(ops.sqrt(var), y) * noise
+
+
+def edm_preconditioning(sigma, sigma_data):
+    """M2: EDM's preconditioning coefficients `(c_skip, c_out, c_in, c_noise)`.
+
+    `D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s))` with
+    `c_skip = sd^2/(s^2+sd^2)`, `c_out = s sd/sqrt(s^2+sd^2)`,
+    `c_in = 1/sqrt(s^2+sd^2)`, `c_noise = ln(s)/4`.
+    """
+    sigma = ops.convert_to_tensor(sigma, dtype="float32")
+    sd2 = float(sigma_data) ** 2
+    total = ops.square(sigma) + sd2
+    c_skip = sd2 / total
+    c_out = sigma * float(sigma_data) / ops.sqrt(total)
+    c_in = 1.0 / ops.sqrt(total)
+    c_noise = ops.log(ops.maximum(sigma, _TINY_SIGMA)) / 4.0
+    return c_skip, c_out, c_in, c_noise
+
+
+def noisy_data_prediction(denoised, x_t, sigma_t, sigma_n):
+    """M3 (double Tweedie): `E[y | x_t]` from an estimate of `E[x0 | x_t]`.
+
+    `y_hat = (1 - sigma_n^2/sigma_t^2) D(x_t; sigma_t) + (sigma_n^2/sigma_t^2) x_t`.
+    """
+    ratio = ops.square(sigma_n) / ops.square(sigma_t)
+    ratio = expand_to(ratio, x_t)
+    return (1.0 - ratio) * denoised + ratio * x_t
+
+
+def edm_loss_weight(sigma, sigma_data):
+    """EDM's `lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2` (method.md §3)."""
+    sd2 = float(sigma_data) ** 2
+    return (ops.square(sigma) + sd2) / (ops.square(sigma) * sd2)
+
+
+def ambient_scale(sigma_t, sigma_n):
+    """`a = (sigma_t^2 - sigma_n^2) / sigma_t^2` of method.md §3.
+
+    `||y_hat - y||^2 = a^2 ||D - x0_target||^2`.
+    """
+    return 1.0 - ops.square(sigma_n) / ops.square(sigma_t)
+
+
+def reverse_step(x_t, x0_hat, t, s, noise):
+    """M5: one reverse (DDPM posterior) step from level `t` down to `s < t`.
+
+    `x_s = x0_hat + (s^2/t^2)(x_t - x0_hat) + s sqrt(1 - s^2/t^2) z`.
+    Exact in law when `x0_hat` is the true `x0`; with `x0_hat = E[x0|x_t]` it
+    is exact in its mean.
+    """
+    ratio = expand_to(ops.square(s) / ops.square(t), x_t)
+    s_b = expand_to(s, x_t)
+    std = s_b * ops.sqrt(ops.maximum(1.0 - ratio, 0.0))
+    return x0_hat + ratio * (x_t - x0_hat) + std * noise
+
+
+def consistency_product(denoised_1, denoised_2, target):
+    """M4 for one sample: `(D(x_s^1; s) - D(x_t; t)) . (D(x_s^2; s) - D(x_t; t))`.
+
+    The dot product is averaged over the data dimensions, giving one value per
+    sample. With independent draws its expectation is
+    `||E[D(x_s; s) | x_t] - D(x_t; t)||^2 / dim` (unbiased, unlike the
+    one-draw square, which adds the variance).
+    """
+    prod = (denoised_1 - target) * (denoised_2 - target)
+    axes = tuple(range(1, len(prod.shape)))
+    return ops.mean(prod, axis=axes) if axes else prod
+
+
+def truncated_log_normal_sigma(uniform, sigma_lower, p_mean, p_std, sigma_upper=None):
+    """Inverse-CDF draw of `ln sigma ~ N(p_mean, p_std)` restricted to `sigma > sigma_lower`.
+
+    `uniform` holds U[0, 1) draws (one per sample). The draw is jit-friendly
+    (`erf` / `erfinv`) and handles `sigma_lower = 0` (the plain log-normal).
+    """
+    lower = ops.log(ops.maximum(sigma_lower, _TINY_SIGMA))
+    a = (lower - p_mean) / p_std
+    cdf_a = 0.5 * (1.0 + ops.erf(a / math.sqrt(2.0)))
+    p = cdf_a + uniform * (1.0 - cdf_a)
+    p = ops.clip(p, 1e-7, 1.0 - 1e-7)
+    z = math.sqrt(2.0) * ops.erfinv(2.0 * p - 1.0)
+    sigma = ops.exp(p_mean + p_std * z)
+    # Float32 rounding of the CDF can land exactly on the bound: keep sigma_t > sigma_n.
+    sigma = ops.maximum(sigma, sigma_lower * (1.0 + 1e-4) + 1e-6)
+    if sigma_upper is not None:
+        sigma = ops.minimum(sigma, sigma_upper)
+    return sigma

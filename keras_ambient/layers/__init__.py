@@ -1,0 +1,3 @@
+from keras_ambient.layers.edm_denoiser import EDMDenoiser
+from keras_ambient.layers.fourier_embedding import FourierEmbedding
+from keras_ambient.layers.positional_embedding import PositionalEmbedding

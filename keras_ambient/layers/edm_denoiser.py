@@ -1,0 +1,97 @@
+import keras
+from keras import ops
+
+from keras_ambient import equations
+from keras_ambient.utils.validation import check_scalar
+
+
+@keras.saving.register_keras_serializable(package="keras_ambient")
+class EDMDenoiser(keras.Model):
+    """The preconditioned denoiser `D(x; sigma)` of EDM (method.md M2).
+
+    `D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s))` estimates
+    `E[x0 | x_s = x]`. `F` is any Keras model called as
+    `network([x_scaled, c_noise])` (or `network([x_scaled, c_noise, condition])`
+    when a class/text condition is given) that returns a tensor of the shape of
+    `x`. The preconditioning, the noise levels and the output are kept in
+    float32 even under a `mixed_bfloat16` policy; only `F` runs in low precision.
+
+    Args:
+        network: the raw network `F`, e.g. `ka.networks.UNet` or
+            `ka.networks.MLPDenoiser`.
+        sigma_data: standard deviation of the clean data (0.5 for images in
+            [-1, 1]).
+
+    Call arguments:
+        inputs: a list `[x, sigma]` or `[x, sigma, condition]`; `sigma` is a
+            scalar or one level per sample, shape `(batch,)`.
+
+    Example:
+    ```python
+    net = ka.networks.MLPDenoiser(data_dim=2)
+    D = ka.layers.EDMDenoiser(net, sigma_data=0.5)
+    x0_hat = D([x_noisy, keras.ops.full((len(x_noisy),), 0.3)])
+    ```
+    """
+
+    def __init__(self, network, sigma_data=0.5, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not callable(network):
+            raise TypeError(
+                "`network` must be a Keras model or layer. "
+                f"Received: network={network!r}"
+            )
+        self.network = network
+        self.sigma_data = check_scalar("sigma_data", sigma_data, minimum=0, min_inclusive=False)
+
+    def build(self, input_shape):
+        # Functional networks are built already; subclassed ones build on first call.
+        x_shape = input_shape[0]
+        if not self.network.built:
+            self.network.build(
+                [tuple(x_shape), (x_shape[0],)] + [tuple(s) for s in input_shape[2:]]
+            )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            raise ValueError(
+                "EDMDenoiser expects `[x, sigma]` or `[x, sigma, condition]`. "
+                f"Received: inputs of type {type(inputs).__name__}"
+            )
+        x = ops.cast(inputs[0], "float32")
+        sigma = ops.cast(inputs[1], "float32")
+        batch = ops.shape(x)[0]
+        if len(sigma.shape) == 0:
+            sigma = ops.broadcast_to(sigma, (batch,))
+        sigma = ops.reshape(sigma, (-1,))
+        c_skip, c_out, c_in, c_noise = equations.edm_preconditioning(sigma, self.sigma_data)
+        net_inputs = [equations.expand_to(c_in, x) * x, c_noise]
+        if len(inputs) == 3 and inputs[2] is not None:
+            net_inputs.append(inputs[2])
+        out = self.network(net_inputs, training=training)
+        if tuple(out.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                "The network must return a tensor of the shape of its input x. "
+                f"Received: network output shape {tuple(out.shape)} for input "
+                f"shape {tuple(x.shape)}"
+            )
+        out = ops.cast(out, "float32")
+        return equations.expand_to(c_skip, x) * x + equations.expand_to(c_out, x) * out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "sigma_data": self.sigma_data,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)

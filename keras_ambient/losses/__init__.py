@@ -1,0 +1,2 @@
+from keras_ambient.losses.ambient_loss import AmbientLoss, AmbientLossOutput
+from keras_ambient.losses.consistency_loss import ConsistencyLoss

@@ -1,0 +1,135 @@
+import collections
+
+import keras
+from keras import ops
+
+from keras_ambient import equations
+from keras_ambient.utils.validation import check_choice, check_scalar
+
+AmbientLossOutput = collections.namedtuple(
+    "AmbientLossOutput", ["loss", "x_t", "sigma_t", "denoised"]
+)
+AmbientLossOutput.__doc__ = """Per-sample ambient loss and the forward pass it used.
+
+`loss` has shape `(batch,)`; `x_t`, `sigma_t` and `denoised = D(x_t; sigma_t)`
+are returned so that the consistency loss can reuse the same forward pass.
+"""
+
+WEIGHTINGS = ("edm", "unbiased")
+NOISE_DISTRIBUTIONS = ("log_normal", "uniform")
+
+
+@keras.saving.register_keras_serializable(package="keras_ambient")
+class AmbientLoss:
+    """Ambient denoising score matching, "double Tweedie" (method.md M1, M3).
+
+    For each sample `y` observed at noise level `sigma_n`, draws
+    `sigma_t > sigma_n`, forms `x_t = y + sqrt(sigma_t^2 - sigma_n^2) z'` (M1),
+    predicts `y_hat = (1 - sigma_n^2/sigma_t^2) D(x_t; sigma_t) +
+    (sigma_n^2/sigma_t^2) x_t` and returns `w * mean(||y_hat - y||^2)` (M3).
+    Its minimiser is the CLEAN denoiser `E[x0 | x_t]` for every
+    `sigma_t > sigma_n`; with `sigma_n = 0` it is exactly EDM's loss.
+
+    Args:
+        sigma_data: standard deviation of the clean data (EDM weighting).
+        weighting: `"edm"`: `w = lambda_EDM(sigma_t)` (bounded gradient noise);
+            `"unbiased"`: `w = lambda_EDM(sigma_t) / a^2` with
+            `a = (sigma_t^2 - sigma_n^2)/sigma_t^2`, i.e. the EDM weight on the
+            denoiser error itself, capped at `max_weight_ratio` times the EDM
+            weight because its variance diverges as `sigma_t -> sigma_n`.
+        max_weight_ratio: cap of `1/a^2` for `weighting="unbiased"`.
+        noise_distribution: `"log_normal"`: EDM's `ln sigma_t ~ N(p_mean, p_std)`
+            truncated to `sigma_t > sigma_n` per sample (inverse-CDF sampling);
+            `"uniform"`: `sigma_t ~ U(sigma_n, sigma_max)`.
+        p_mean, p_std: log-normal parameters (EDM: -1.2, 1.2).
+        sigma_max: largest training noise level (both distributions are
+            clipped to it).
+
+    Example:
+    ```python
+    loss_fn = ka.losses.AmbientLoss(sigma_data=0.5)
+    out = loss_fn(denoiser, y, sigma_n=keras.ops.full((64,), 0.2),
+                  seed=keras.random.SeedGenerator(0))
+    loss = keras.ops.mean(out.loss)
+    ```
+    """
+
+    def __init__(self, sigma_data=0.5, weighting="edm", max_weight_ratio=100.0,
+                 noise_distribution="log_normal", p_mean=-1.2, p_std=1.2,
+                 sigma_max=80.0):
+        self.sigma_data = check_scalar("sigma_data", sigma_data, minimum=0, min_inclusive=False)
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        self.max_weight_ratio = check_scalar("max_weight_ratio", max_weight_ratio, minimum=1.0)
+        self.noise_distribution = check_choice(
+            "noise_distribution", noise_distribution, NOISE_DISTRIBUTIONS
+        )
+        self.p_mean = check_scalar("p_mean", p_mean)
+        self.p_std = check_scalar("p_std", p_std, minimum=0, min_inclusive=False)
+        self.sigma_max = check_scalar("sigma_max", sigma_max, minimum=0, min_inclusive=False)
+
+    def sample_sigma(self, sigma_n, seed):
+        """Draws one training level `sigma_t > sigma_n` per sample."""
+        sigma_n = ops.cast(sigma_n, "float32")
+        u = keras.random.uniform(ops.shape(sigma_n), seed=seed)
+        if self.noise_distribution == "log_normal":
+            return equations.truncated_log_normal_sigma(
+                u, sigma_n, self.p_mean, self.p_std, sigma_upper=self.sigma_max
+            )
+        low = sigma_n * (1.0 + 1e-4) + 1e-6
+        return low + u * ops.maximum(self.sigma_max - low, 0.0)
+
+    def weight(self, sigma_t, sigma_n):
+        """The per-sample weight `w(sigma_t, sigma_n)` of M3."""
+        w = equations.edm_loss_weight(sigma_t, self.sigma_data)
+        if self.weighting == "unbiased":
+            a = equations.ambient_scale(sigma_t, sigma_n)
+            w = w * ops.minimum(1.0 / ops.square(a), self.max_weight_ratio)
+        return w
+
+    def __call__(self, denoiser, y, sigma_n, condition=None, seed=None, training=True):
+        """Computes the per-sample loss.
+
+        Args:
+            denoiser: a callable `D([x, sigma(, condition)])`, e.g.
+                `ka.layers.EDMDenoiser`.
+            y: batch of noisy training samples.
+            sigma_n: their noise levels, shape `(batch,)`.
+            condition: optional class/text condition passed to the denoiser.
+            seed: a `keras.random.SeedGenerator` (or int) for `sigma_t` and `z'`.
+            training: forwarded to the denoiser.
+
+        Returns:
+            An `AmbientLossOutput(loss, x_t, sigma_t, denoised)`.
+        """
+        y = ops.cast(y, "float32")
+        sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
+        sigma_t = self.sample_sigma(sigma_n, seed)
+        noise = keras.random.normal(ops.shape(y), seed=seed)
+        x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
+                                            equations.expand_to(sigma_t, y), noise)
+        inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
+        denoised = denoiser(inputs, training=training)
+        y_hat = equations.noisy_data_prediction(denoised, x_t, sigma_t, sigma_n)
+        axes = tuple(range(1, len(y.shape)))
+        sq_err = ops.mean(ops.square(y_hat - y), axis=axes)
+        loss = self.weight(sigma_t, sigma_n) * sq_err
+        return AmbientLossOutput(loss, x_t, sigma_t, denoised)
+
+    def get_config(self):
+        return {
+            "sigma_data": self.sigma_data,
+            "weighting": self.weighting,
+            "max_weight_ratio": self.max_weight_ratio,
+            "noise_distribution": self.noise_distribution,
+            "p_mean": self.p_mean,
+            "p_std": self.p_std,
+            "sigma_max": self.sigma_max,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"AmbientLoss({args})"

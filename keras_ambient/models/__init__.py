@@ -1,0 +1,1 @@
+from keras_ambient.models.ambient_diffusion import AmbientDiffusion

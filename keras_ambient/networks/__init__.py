@@ -1,0 +1,2 @@
+from keras_ambient.networks.mlp_denoiser import MLPDenoiser
+from keras_ambient.networks.unet import UNet

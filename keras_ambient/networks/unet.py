@@ -1,0 +1,193 @@
+import math
+
+import keras
+
+from keras_ambient.networks.conditioning import condition_inputs, embed_noise_and_condition
+from keras_ambient.utils.validation import check_int, check_scalar
+
+
+def _groups(channels, num_groups):
+    return math.gcd(channels, num_groups)
+
+
+def _res_block(h, emb, channels, num_groups, dropout, name):
+    skip = h
+    h = keras.layers.GroupNormalization(_groups(h.shape[-1], num_groups), epsilon=1e-6, name=f"{name}_norm1")(h)
+    h = keras.layers.Activation("silu", name=f"{name}_act1")(h)
+    h = keras.layers.Conv2D(channels, 3, padding="same", name=f"{name}_conv1")(h)
+    # Adaptive scale/shift from the noise embedding (DDPM++ `adaptive_scale`).
+    scale_shift = keras.layers.Dense(2 * channels, name=f"{name}_emb")(emb)
+    scale_shift = keras.layers.Reshape((1, 1, 2 * channels), name=f"{name}_emb_reshape")(scale_shift)
+    h = keras.layers.GroupNormalization(_groups(channels, num_groups), epsilon=1e-6, name=f"{name}_norm2")(h)
+    h = _ScaleShift(name=f"{name}_scale_shift")([h, scale_shift])
+    h = keras.layers.Activation("silu", name=f"{name}_act2")(h)
+    if dropout:
+        h = keras.layers.Dropout(dropout, name=f"{name}_dropout")(h)
+    h = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name=f"{name}_conv2")(h)
+    if skip.shape[-1] != channels:
+        skip = keras.layers.Conv2D(channels, 1, name=f"{name}_skip")(skip)
+    return keras.layers.Add(name=f"{name}_add")([skip, h])
+
+
+def _attention(h, num_heads, num_groups, name):
+    height, width, channels = h.shape[1], h.shape[2], h.shape[3]
+    a = keras.layers.GroupNormalization(_groups(channels, num_groups), epsilon=1e-6, name=f"{name}_norm")(h)
+    a = keras.layers.Reshape((height * width, channels), name=f"{name}_flatten")(a)
+    a = keras.layers.MultiHeadAttention(num_heads, max(channels // num_heads, 1), name=f"{name}_mha")(a, a)
+    a = keras.layers.Reshape((height, width, channels), name=f"{name}_unflatten")(a)
+    return keras.layers.Add(name=f"{name}_add")([h, a])
+
+
+@keras.saving.register_keras_serializable(package="keras_ambient")
+class _ScaleShift(keras.layers.Layer):
+    """`h * (1 + scale) + shift` with `[scale, shift]` split from the last axis."""
+
+    def call(self, inputs):
+        h, scale_shift = inputs
+        channels = h.shape[-1]
+        return h * (1.0 + scale_shift[..., :channels]) + scale_shift[..., channels:]
+
+
+@keras.saving.register_keras_serializable(package="keras_ambient")
+class UNet(keras.Model):
+    """A small DDPM++-like U-Net `F(x, c_noise)` for images (channels last).
+
+    Residual blocks with group normalisation and adaptive scale/shift from the
+    noise embedding, strided-convolution down-sampling, nearest up-sampling,
+    optional self-attention at chosen resolutions, zero-initialised output
+    convolutions (EDM). Called as `net([x, c_noise])` or with a condition.
+
+    Args:
+        image_shape: `(height, width, channels)`; height and width must be
+            divisible by `2 ** (len(channel_multipliers) - 1)`.
+        base_channels: channels at the first level.
+        channel_multipliers: per-level channel multipliers.
+        num_res_blocks: residual blocks per level.
+        attention_resolutions: resolutions (feature-map heights) with attention.
+        num_heads: attention heads.
+        dropout: dropout rate in residual blocks.
+        embedding: `"fourier"` or `"positional"` noise embedding.
+        embedding_dim: dimension of the noise embedding (default `base_channels`).
+        num_classes: adds a class-label input when set.
+        condition_dim: adds a vector condition input (e.g. text embedding) when set.
+        num_groups: maximum number of groups of the group normalisations.
+        seed: seed of the Fourier-feature initializer.
+
+    Example:
+    ```python
+    net = ka.networks.UNet(image_shape=(8, 8, 1), base_channels=32,
+                           channel_multipliers=(1, 2), attention_resolutions=(4,))
+    out = net([keras.ops.zeros((2, 8, 8, 1)), keras.ops.zeros((2,))])
+    ```
+    """
+
+    def __init__(self, image_shape, base_channels=64, channel_multipliers=(1, 2, 2),
+                 num_res_blocks=2, attention_resolutions=(), num_heads=4, dropout=0.0,
+                 embedding="positional", embedding_dim=None, num_classes=None,
+                 condition_dim=None, num_groups=8, seed=None, **kwargs):
+        image_shape = tuple(int(d) for d in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                "`image_shape` must be (height, width, channels). "
+                f"Received: image_shape={image_shape}"
+            )
+        channel_multipliers = tuple(int(m) for m in channel_multipliers)
+        if not channel_multipliers or min(channel_multipliers) < 1:
+            raise ValueError(
+                "`channel_multipliers` must be a non-empty list of positive integers. "
+                f"Received: channel_multipliers={channel_multipliers}"
+            )
+        factor = 2 ** (len(channel_multipliers) - 1)
+        if image_shape[0] % factor or image_shape[1] % factor:
+            raise ValueError(
+                f"`image_shape` height and width must be divisible by {factor} "
+                f"for {len(channel_multipliers)} levels. Received: image_shape={image_shape}"
+            )
+        base_channels = check_int("base_channels", base_channels, minimum=1)
+        num_res_blocks = check_int("num_res_blocks", num_res_blocks, minimum=1)
+        num_heads = check_int("num_heads", num_heads, minimum=1)
+        dropout = check_scalar("dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
+        embedding_dim = check_int(
+            "embedding_dim", embedding_dim if embedding_dim is not None else max(base_channels, 16),
+            minimum=4,
+        )
+        attention_resolutions = tuple(int(r) for r in attention_resolutions)
+        emb_width = 4 * base_channels
+
+        x_in = keras.Input(shape=image_shape, name="x")
+        noise_in = keras.Input(shape=(), name="noise_condition")
+        cond_in = condition_inputs(num_classes, condition_dim)
+        emb = embed_noise_and_condition(
+            noise_in, cond_in, embedding, embedding_dim, emb_width, num_classes, seed
+        )
+
+        h = keras.layers.Conv2D(base_channels, 3, padding="same", name="input_conv")(x_in)
+        skips = [h]
+        for level, mult in enumerate(channel_multipliers):
+            for b in range(num_res_blocks):
+                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"down{level}_block{b}")
+                if h.shape[1] in attention_resolutions:
+                    h = _attention(h, num_heads, num_groups, f"down{level}_attn{b}")
+                skips.append(h)
+            if level < len(channel_multipliers) - 1:
+                h = keras.layers.Conv2D(h.shape[-1], 3, strides=2, padding="same", name=f"down{level}_downsample")(h)
+                skips.append(h)
+
+        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block0")
+        h = _attention(h, num_heads, num_groups, "mid_attn")
+        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block1")
+
+        for level in reversed(range(len(channel_multipliers))):
+            mult = channel_multipliers[level]
+            for b in range(num_res_blocks + 1):
+                h = keras.layers.Concatenate(name=f"up{level}_concat{b}")([h, skips.pop()])
+                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"up{level}_block{b}")
+                if h.shape[1] in attention_resolutions:
+                    h = _attention(h, num_heads, num_groups, f"up{level}_attn{b}")
+            if level > 0:
+                h = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}_upsample")(h)
+                h = keras.layers.Conv2D(h.shape[-1], 3, padding="same", name=f"up{level}_upconv")(h)
+
+        h = keras.layers.GroupNormalization(_groups(h.shape[-1], num_groups), epsilon=1e-6, name="output_norm")(h)
+        h = keras.layers.Activation("silu", name="output_act")(h)
+        out = keras.layers.Conv2D(image_shape[-1], 3, padding="same", kernel_initializer="zeros", name="output_conv")(h)
+
+        inputs = [x_in, noise_in] + ([cond_in] if cond_in is not None else [])
+        super().__init__(inputs=inputs, outputs=out, **kwargs)
+
+        self.image_shape = image_shape
+        self.base_channels = base_channels
+        self.channel_multipliers = channel_multipliers
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = attention_resolutions
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.embedding = embedding
+        self.embedding_dim = embedding_dim
+        self.num_classes = num_classes
+        self.condition_dim = condition_dim
+        self.num_groups = num_groups
+        self.seed = seed
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_shape": self.image_shape,
+            "base_channels": self.base_channels,
+            "channel_multipliers": self.channel_multipliers,
+            "num_res_blocks": self.num_res_blocks,
+            "attention_resolutions": self.attention_resolutions,
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+            "embedding": self.embedding,
+            "embedding_dim": self.embedding_dim,
+            "num_classes": self.num_classes,
+            "condition_dim": self.condition_dim,
+            "num_groups": self.num_groups,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

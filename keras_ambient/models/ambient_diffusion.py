@@ -20,8 +20,8 @@ _DATA_KEYS = ("data", "sigma_n", "condition")
 
 
 def _is_array(v):
-    return isinstance(v, (np.ndarray, list)) or type(v).__module__.split(".")[0] in (
-        "numpy", "jax", "jaxlib", "torch", "tensorflow")
+    """NumPy arrays and backend tensors (not datasets, loaders or generators)."""
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not hasattr(v, "element_spec")
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -290,12 +290,9 @@ class AmbientDiffusion(keras.Model):
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def _check_numpy_inputs(self, x, y):
-        if not (_is_array(x) or isinstance(x, (dict, tuple))):
+        if not (_is_array(x) or isinstance(x, (dict, tuple, list))):
             return  # datasets and generators are checked batch by batch
-        try:
-            data, sigma_n, condition = self._unpack(x, y)
-        except ValueError:
-            raise
+        data, sigma_n, _ = self._unpack(x, y)
         if not _is_array(data):
             return
         data = np.asarray(data)

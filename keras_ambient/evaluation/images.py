@@ -1,0 +1,460 @@
+"""Evaluation tools for image sets (NumPy): noise-level estimation and distances.
+
+- `estimate_noise_level`: the standard deviation of additive white Gaussian
+  noise in a set of images, from a robust high-pass statistic (differences
+  between neighbouring pixels along both axes, a per-image quantile of their
+  magnitudes, a median over images). On tiny, edge-rich images such as the 8x8
+  digits the raw statistic reads far from 0 on clean images, so it is
+  calibrated against clean `reference` images of the same kind: the statistic
+  is measured on `reference + s z` for a grid of `s` and inverted. Used both as
+  the residual noise of generated samples (method.md §5: samples of a model
+  that learnt the noisy distribution carry noise ~sigma_n, exact ambient
+  samples ~0) and as an estimate of the noise level of a noisy dataset.
+- `estimate_noise_level_pca`: a reference-free estimate from the smallest
+  eigenvalues of the pixel covariance of a large set of images.
+- `frechet_distance`, `gaussian_statistics`, `make_feature_extractor`,
+  `frechet_image_distance`: a Fréchet ("FID-like") distance between two image
+  sets on features of a small extractor built deterministically offline (PCA
+  or the hidden layer of a scikit-learn classifier fitted on clean images).
+- `sliced_wasserstein_distance`: a pixel-space distance between two sets.
+
+Everything here works on NumPy arrays and is the same on every Keras backend.
+"""
+
+import numpy as np
+
+from keras_ambient.utils.validation import check_choice, check_int, check_scalar
+
+_FEATURE_KINDS = ("pca", "classifier", "pixels")
+
+
+# ------------------------------------------------------------------ helpers
+def _as_images(name, images, min_size=2):
+    """Returns a float64 array `(n, h, w, c)`; accepts `(n, h, w)` too."""
+    try:
+        x = np.asarray(images, dtype="float64")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a numeric array of images. Received: {name} of type "
+                        f"{type(images).__name__}") from e
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"`{name}` must have shape (num_images, height, width) or "
+            f"(num_images, height, width, channels). Received: {name} with shape {x.shape}"
+        )
+    if x.shape[0] < 1:
+        raise ValueError(f"`{name}` must hold at least one image. Received: {name} with shape {x.shape}")
+    if x.shape[1] < min_size or x.shape[2] < min_size:
+        raise ValueError(
+            f"`{name}` images must be at least {min_size}x{min_size}. Received: {name} with shape {x.shape}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"`{name}` must be finite. Received: {name} with NaN or Inf values")
+    return x
+
+
+def _as_matrix(name, x, min_rows=1):
+    try:
+        x = np.asarray(x, dtype="float64")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a numeric array. Received: {name} of type "
+                        f"{type(x).__name__}") from e
+    if x.ndim < 2:
+        raise ValueError(f"`{name}` must have shape (num_samples, ...). Received: {name} with shape {x.shape}")
+    x = x.reshape(len(x), -1)
+    if len(x) < min_rows:
+        raise ValueError(f"`{name}` must hold at least {min_rows} samples. Received: {name} with shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"`{name}` must be finite. Received: {name} with NaN or Inf values")
+    return x
+
+
+def _half_normal_quantile(q):
+    """`z` with `P(|N(0, 1)| <= z) = q`."""
+    from scipy.special import ndtri
+
+    return float(ndtri(0.5 + 0.5 * q))
+
+
+def _raw_noise_statistic(x, quantile):
+    """Per-image raw noise statistic of `x` `(n, h, w, c)`, shape `(n,)`.
+
+    Neighbour differences along both axes, divided by sqrt(2) (so that they
+    have std sigma on pure noise), the `quantile` of their magnitudes per image,
+    divided by the half-normal quantile: an unbiased estimate of sigma for pure
+    white noise (the Donoho MAD estimator for quantile 0.5).
+    """
+    n = x.shape[0]
+    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).reshape(n, -1)
+    dv = (x[:, 1:, :, :] - x[:, :-1, :, :]).reshape(n, -1)
+    d = np.abs(np.concatenate([dh, dv], axis=1)) / np.sqrt(2.0)
+    return np.quantile(d, quantile, axis=1) / _half_normal_quantile(quantile)
+
+
+def _invert_curve(values, levels, curve):
+    """Inverts a monotone calibration curve `curve(levels)`; linear beyond its end."""
+    values = np.asarray(values, dtype="float64")
+    out = np.interp(values, curve, levels)
+    slope = (levels[-1] - levels[-2]) / max(curve[-1] - curve[-2], 1e-12)
+    above = values > curve[-1]
+    out = np.where(above, levels[-1] + (values - curve[-1]) * slope, out)
+    return np.where(values <= curve[0], 0.0, out)
+
+
+# --------------------------------------------------------- noise estimation
+def noise_calibration_curve(reference, quantile=0.25, max_sigma=1.0, num_levels=41, seed=0):
+    """Measures the raw noise statistic on clean `reference + s z` for a grid of `s`.
+
+    Args:
+        reference: clean images `(n, h, w[, c])` of the same kind (and value
+            scale) as the images to be measured.
+        quantile: quantile of the neighbour-difference magnitudes per image.
+        max_sigma: largest noise level of the grid.
+        num_levels: grid size (levels spaced linearly from 0).
+        seed: seed of the noise (one draw `z`, reused at every level so the curve
+            is smooth).
+
+    Returns:
+        `(levels, curve)`: the grid and the median over reference images of the
+        raw statistic at each level (made non-decreasing).
+
+    Example:
+    ```python
+    levels, curve = noise_calibration_curve(ka.data.load_digits("test"))
+    ```
+    """
+    ref = _as_images("reference", reference)
+    quantile = check_scalar("quantile", quantile, minimum=0, maximum=1, min_inclusive=False, max_inclusive=False)
+    max_sigma = check_scalar("max_sigma", max_sigma, minimum=0, min_inclusive=False)
+    num_levels = check_int("num_levels", num_levels, minimum=3)
+    z = np.random.default_rng(seed).standard_normal(ref.shape)
+    levels = np.linspace(0.0, max_sigma, num_levels)
+    curve = np.array([np.median(_raw_noise_statistic(ref + s * z, quantile)) for s in levels])
+    curve = np.maximum.accumulate(curve)
+    # Strictly increasing (flat parts would make the inverse ambiguous).
+    curve = curve + np.arange(num_levels) * 1e-9
+    return levels, curve
+
+
+def estimate_noise_level(images, reference=None, quantile=None, per_image=False,
+                         max_sigma=None, num_levels=41, seed=0):
+    """Estimates the std of additive white Gaussian noise in a set of images.
+
+    A robust high-pass estimator: per image, the `quantile` of the magnitudes
+    of neighbour differences along both axes (scaled so that it equals sigma on
+    pure noise); over the set, the median of these per-image values.
+
+    Without `reference` this raw reading is returned. It is the classical MAD
+    estimator for `quantile=0.5` and is accurate on large, smooth images, but
+    on tiny edge-rich images (8x8 digits) edges dominate: it reads about 0.26
+    on clean digits in [-1, 1]. With clean `reference` images of the same kind,
+    the raw statistic is calibrated: it is measured on `reference + s z` for a
+    grid of `s` (`noise_calibration_curve`) and the reading is mapped back
+    through that curve, so the estimate reads ~0 on clean images and ~sigma on
+    images noised at sigma. On the built-in digits, calibrated on the train
+    split, it reads within ~4% of sigma on the test split noised at 0.1, 0.2
+    and 0.4, and 0 on clean test digits. Negative "noise" (images smoother than
+    the reference, e.g. posterior means) reads 0.
+
+    Args:
+        images: images `(n, h, w)` or `(n, h, w, c)`, `h, w >= 2`.
+        reference: optional clean images of the same kind and scale, used to
+            calibrate the estimator (e.g. `ka.data.load_digits("test")`).
+        quantile: quantile of the difference magnitudes per image (default:
+            0.5, the MAD, without a reference; 0.25 with one, which ignores
+            most edges and is more sensitive at low noise).
+        per_image: return one estimate per image instead of one for the set.
+        max_sigma: largest level of the calibration grid (default: enough to
+            cover the reading).
+        num_levels: size of the calibration grid.
+        seed: seed of the calibration noise.
+
+    Returns:
+        A float (or a float64 array `(n,)` with `per_image=True`).
+
+    Example:
+    ```python
+    x_ref = ka.data.load_digits("test")
+    y = ka.data.add_noise(ka.data.load_digits("train"), 0.2, seed=0)
+    estimate_noise_level(y, reference=x_ref)      # ~0.2
+    estimate_noise_level(x_ref, reference=x_ref)  # 0.0
+    ```
+    """
+    x = _as_images("images", images)
+    if quantile is None:
+        quantile = 0.5 if reference is None else 0.25
+    quantile = check_scalar("quantile", quantile, minimum=0, maximum=1, min_inclusive=False, max_inclusive=False)
+    raw = _raw_noise_statistic(x, quantile)
+    reading = raw if per_image else float(np.median(raw))
+    if reference is None:
+        return reading
+    ref = _as_images("reference", reference)
+    if ref.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            "`reference` must hold images of the same shape as `images`. Received: "
+            f"reference with shape {ref.shape} for images with shape {x.shape}"
+        )
+    if max_sigma is None:
+        # The raw statistic grows at least like sigma, so the grid covers the reading.
+        max_sigma = max(1.5 * float(np.max(raw) if per_image else reading), 0.1)
+    levels, curve = noise_calibration_curve(ref, quantile, max_sigma, num_levels, seed)
+    out = _invert_curve(reading, levels, curve)
+    return out if per_image else float(out)
+
+
+def estimate_noise_level_pca(images, max_tail=None):
+    """Reference-free noise estimate from the smallest eigenvalues of the pixel covariance.
+
+    Clean images of a class often leave some directions of pixel space almost
+    unused (the borders of the digits are always background), so the smallest
+    eigenvalues of the covariance of noisy images are those of the noise,
+    sigma^2 (spread by the finite sample as Marchenko-Pastur). Following Chen,
+    Zhu and Heng (ICCV 2015), the noise eigenvalues are the longest tail whose
+    mean does not exceed its median; their mean estimates sigma^2.
+
+    It needs many images per pixel (on the 1438 train digits it reads within
+    ~7% of sigma at 0.1-0.4; on 359 test digits 17% low at 0.1) and clean data
+    with unused directions; `estimate_noise_level` with a reference is more
+    precise when clean images of the same kind exist.
+
+    Args:
+        images: images (or any samples) `(n, ...)`, flattened per sample;
+            `n` should be several times the number of pixels.
+        max_tail: largest number of eigenvalues considered noise (default: all).
+
+    Returns:
+        A float.
+
+    Example:
+    ```python
+    y = ka.data.add_noise(ka.data.load_digits(), 0.2, seed=0)
+    estimate_noise_level_pca(y)  # ~0.2
+    ```
+    """
+    x = _as_matrix("images", images, min_rows=3)
+    ev = np.linalg.eigvalsh(np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1]))
+    ev = np.sort(np.clip(ev, 0.0, None))[::-1]
+    first = 0 if max_tail is None else max(len(ev) - check_int("max_tail", max_tail, minimum=1), 0)
+    for i in range(first, len(ev)):
+        tail = ev[i:]
+        if np.mean(tail) <= np.median(tail):
+            return float(np.sqrt(np.mean(tail)))
+    return float(np.sqrt(ev[-1]))
+
+
+# ------------------------------------------------------------------ distances
+def gaussian_statistics(features):
+    """Mean and covariance of a set of feature vectors.
+
+    Args:
+        features: `(n, ...)` with `n >= 2`, flattened per sample.
+
+    Returns:
+        `(mean, cov)`, float64 arrays `(d,)` and `(d, d)`.
+
+    Example:
+    ```python
+    mu, cov = gaussian_statistics(np.random.randn(100, 4))
+    ```
+    """
+    f = _as_matrix("features", features, min_rows=2)
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def _psd_sqrt(c):
+    w, v = np.linalg.eigh((c + c.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mean_a, cov_a, mean_b, cov_b):
+    """Fréchet (2-Wasserstein) distance squared between two Gaussians.
+
+    `||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)`: the
+    quantity behind FID.
+
+    Args:
+        mean_a, cov_a: mean `(d,)` and covariance `(d, d)` of the first Gaussian.
+        mean_b, cov_b: the same for the second.
+
+    Returns:
+        A non-negative float.
+
+    Example:
+    ```python
+    frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2))  # 2 + 2 = 4
+    ```
+    """
+    mean_a = np.atleast_1d(np.asarray(mean_a, dtype="float64"))
+    mean_b = np.atleast_1d(np.asarray(mean_b, dtype="float64"))
+    cov_a = np.atleast_2d(np.asarray(cov_a, dtype="float64"))
+    cov_b = np.atleast_2d(np.asarray(cov_b, dtype="float64"))
+    d = mean_a.shape[0]
+    for name, v, shape in (("mean_a", mean_a, (d,)), ("mean_b", mean_b, (d,)),
+                           ("cov_a", cov_a, (d, d)), ("cov_b", cov_b, (d, d))):
+        if v.shape != shape:
+            raise ValueError(f"`{name}` must have shape {shape} (from mean_a). Received: {name} with shape {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"`{name}` must be finite. Received: {name} with NaN or Inf values")
+    sa = _psd_sqrt(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(sa @ cov_b @ sa), 0.0, None)).sum()
+    value = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross
+    return float(max(value, 0.0))
+
+
+def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, seed=0):
+    """A small, deterministic image feature extractor fitted offline on clean images.
+
+    Args:
+        reference: clean images `(n, ...)` to fit on (e.g. the clean training
+            digits).
+        kind: `"pca"`: projections on the top `num_features` principal
+            components of `reference` (whitening-free, pixel units);
+            `"classifier"`: the ReLU hidden layer (`num_features` units) of a
+            scikit-learn `MLPClassifier` trained on `reference` and `labels`
+            with `random_state=seed` (a tiny "Inception" for FID);
+            `"pixels"`: the flattened pixels (no fitting).
+        num_features: output dimension (ignored for `"pixels"`).
+        labels: class labels of `reference`, required for `"classifier"`.
+        seed: seed of the classifier.
+
+    Returns:
+        A function `images -> features` `(n, num_features)` (NumPy float64).
+
+    Example:
+    ```python
+    x, labels = ka.data.load_digits("train", return_labels=True)
+    feats = make_feature_extractor(x, "classifier", 64, labels=labels)
+    ```
+    """
+    check_choice("kind", kind, _FEATURE_KINDS)
+    ref = _as_matrix("reference", reference, min_rows=2)
+    dim = ref.shape[1]
+    if kind == "pixels":
+        def pixels(images):
+            f = _as_matrix("images", images)
+            if f.shape[1] != dim:
+                raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
+            return f
+        return pixels
+    num_features = check_int("num_features", num_features, minimum=1)
+    if kind == "pca":
+        if num_features > min(ref.shape):
+            raise ValueError(
+                f"`num_features` must be <= min(num_images, num_pixels)={min(ref.shape)} for kind='pca'. "
+                f"Received: num_features={num_features}"
+            )
+        mean = ref.mean(axis=0)
+        _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
+        basis = vt[:num_features].T
+        # A fixed sign per component (SVD signs are arbitrary).
+        basis = basis * np.where(basis[np.argmax(np.abs(basis), axis=0), np.arange(num_features)] < 0, -1.0, 1.0)
+
+        def pca(images):
+            f = _as_matrix("images", images)
+            if f.shape[1] != dim:
+                raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
+            return (f - mean) @ basis
+        return pca
+    if labels is None:
+        raise ValueError("kind='classifier' needs the class `labels` of `reference`. Received: labels=None")
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(ref):
+        raise ValueError(f"`labels` must have one entry per reference image ({len(ref)}). "
+                         f"Received: {len(labels)} labels")
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(hidden_layer_sizes=(num_features,), max_iter=300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(ref, labels)
+    w, b = clf.coefs_[0], clf.intercepts_[0]
+
+    def classifier(images):
+        f = _as_matrix("images", images)
+        if f.shape[1] != dim:
+            raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
+        return np.maximum(f @ w + b, 0.0)
+
+    return classifier
+
+
+def frechet_image_distance(images_a, images_b, features=None):
+    """Fréchet distance between two image sets on (optional) features.
+
+    Args:
+        images_a, images_b: image sets `(n, ...)` with `n >= 2` each.
+        features: a function `images -> (n, d)` features, e.g. from
+            `make_feature_extractor`; `None` uses the flattened pixels.
+
+    Returns:
+        A non-negative float (0 for identical sets).
+
+    Example:
+    ```python
+    feats = make_feature_extractor(ka.data.load_digits("train"), "pca", 16)
+    frechet_image_distance(samples, ka.data.load_digits("test"), feats)
+    ```
+    """
+    if features is not None and not callable(features):
+        raise TypeError(f"`features` must be a callable or None. Received: features={features!r}")
+    a = _as_matrix("images_a", images_a, min_rows=2)
+    b = _as_matrix("images_b", images_b, min_rows=2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"`images_a` and `images_b` must have samples of the same size. "
+                         f"Received: {a.shape[1]} and {b.shape[1]} values per sample")
+    if features is not None:
+        a = features(np.asarray(images_a))
+        b = features(np.asarray(images_b))
+    return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
+
+
+def sliced_wasserstein_distance(samples_a, samples_b, num_projections=256, seed=0):
+    """Sliced 2-Wasserstein distance squared between two sample sets (pixel space).
+
+    The mean over random unit directions `theta` of the squared 1-D
+    2-Wasserstein distance between the projections `theta . a` and `theta . b`
+    (quantile functions compared on a common grid, so the two sets may differ in
+    size). For `b = a + c` it equals `||c||^2 / d`.
+
+    Args:
+        samples_a, samples_b: `(n, ...)` sets, flattened per sample.
+        num_projections: random directions.
+        seed: seed of the directions.
+
+    Returns:
+        A non-negative float.
+
+    Example:
+    ```python
+    sliced_wasserstein_distance(samples, ka.data.load_digits("test"))
+    ```
+    """
+    a = _as_matrix("samples_a", samples_a)
+    b = _as_matrix("samples_b", samples_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"`samples_a` and `samples_b` must have samples of the same size. "
+                         f"Received: {a.shape[1]} and {b.shape[1]} values per sample")
+    num_projections = check_int("num_projections", num_projections, minimum=1)
+    theta = np.random.default_rng(seed).standard_normal((a.shape[1], num_projections))
+    theta /= np.linalg.norm(theta, axis=0, keepdims=True)
+    pa, pb = np.sort(a @ theta, axis=0), np.sort(b @ theta, axis=0)
+    grid = (np.arange(max(len(a), len(b))) + 0.5) / max(len(a), len(b))
+    qa = np.quantile(pa, grid, axis=0, method="inverted_cdf") if len(a) != len(grid) else pa
+    qb = np.quantile(pb, grid, axis=0, method="inverted_cdf") if len(b) != len(grid) else pb
+    return float(np.mean((qa - qb) ** 2))
+
+
+__all__ = [
+    "estimate_noise_level",
+    "estimate_noise_level_pca",
+    "noise_calibration_curve",
+    "gaussian_statistics",
+    "frechet_distance",
+    "make_feature_extractor",
+    "frechet_image_distance",
+    "sliced_wasserstein_distance",
+]

@@ -1,0 +1,176 @@
+"""AmbientLoss (M1, M3) and ConsistencyLoss (M4, M5) against closed forms."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_ambient as ka
+from keras_ambient import equations
+from tests.harness import assert_config_round_trip, to_numpy
+
+S2 = 0.6**2  # variance of the Gaussian data x0 ~ N(0, S2 I)
+
+
+def gaussian_denoiser(scale_below=1.0, threshold=0.0, var=S2):
+    """Exact E[x0 | x_sigma] = var/(var + sigma^2) x, optionally scaled below `threshold`."""
+
+    def D(inputs, training=None):
+        x, sigma = inputs[0], ops.cast(inputs[1], "float32")
+        k = var / (var + ops.square(sigma))
+        k = ops.where(sigma < threshold, scale_below * k, k)
+        return equations.expand_to(k, x) * x
+
+    return D
+
+
+def gaussian_batch(n, dim, sigma_n, seed):
+    rng = np.random.default_rng(seed)
+    x0 = math.sqrt(S2) * rng.standard_normal((n, dim))
+    return (x0 + sigma_n * rng.standard_normal((n, dim))).astype("float32")
+
+
+def test_ambient_loss_value_matches_m3_by_hand():
+    loss_fn = ka.losses.AmbientLoss(sigma_data=0.5)
+    y = gaussian_batch(512, 3, 0.3, seed=0)
+    sigma_n = np.full((512,), 0.3, "float32")
+    out = loss_fn(gaussian_denoiser(), y, sigma_n, seed=keras.random.SeedGenerator(1))
+    x_t, sigma_t, denoised = (to_numpy(v) for v in (out.x_t, out.sigma_t, out.denoised))
+    assert np.all(sigma_t > 0.3)
+    r = (0.3**2 / sigma_t**2)[:, None]
+    y_hat = (1 - r) * denoised + r * x_t
+    w = (sigma_t**2 + 0.25) / (sigma_t**2 * 0.25)
+    np.testing.assert_allclose(to_numpy(out.loss), w * np.mean((y_hat - y) ** 2, axis=1), rtol=2e-4)
+    # M1: x_t - y has variance sigma_t^2 - sigma_n^2.
+    z = (x_t - y) / np.sqrt(sigma_t**2 - 0.09)[:, None]
+    np.testing.assert_allclose(z.std(), 1.0, rtol=0.05)
+
+
+def test_ambient_loss_with_clean_data_is_the_edm_loss():
+    loss_fn = ka.losses.AmbientLoss(sigma_data=0.5)
+    y = gaussian_batch(256, 2, 0.0, seed=1)
+    out = loss_fn(gaussian_denoiser(), y, np.zeros((256,), "float32"), seed=3)
+    s = to_numpy(out.sigma_t)
+    edm = (s**2 + 0.25) / (s**2 * 0.25) * np.mean((to_numpy(out.denoised) - y) ** 2, axis=1)
+    np.testing.assert_allclose(to_numpy(out.loss), edm, rtol=2e-4)
+
+
+def _mean_loss(loss_fn, D, y, sigma_n, seed=7):
+    return float(np.mean(to_numpy(loss_fn(D, y, sigma_n, seed=keras.random.SeedGenerator(seed)).loss)))
+
+
+@pytest.mark.parametrize("weighting", ["edm", "unbiased"])
+def test_m3_is_minimised_by_the_clean_denoiser_not_the_noisy_one(weighting):
+    """Theorem 3.1 by Monte Carlo with common random numbers: among denoisers
+    k(sigma) x, the expected M3 loss is smallest for the CLEAN posterior mean;
+    the plain loss (sigma_n = 0 on the same noisy data) prefers E[y | x_t]."""
+    sn, n = 0.5, 200_000
+    y = gaussian_batch(n, 1, sn, seed=2)
+    ambient = ka.losses.AmbientLoss(sigma_data=0.6, weighting=weighting)
+    sig_n = np.full((n,), sn, "float32")
+    clean = gaussian_denoiser(var=S2)
+    noisy = gaussian_denoiser(var=S2 + sn**2)  # the posterior mean of y (plain DSM's target)
+    too_sharp = gaussian_denoiser(var=S2 - 0.08)
+    l_clean = _mean_loss(ambient, clean, y, sig_n)
+    assert l_clean < _mean_loss(ambient, noisy, y, sig_n)
+    assert l_clean < _mean_loss(ambient, too_sharp, y, sig_n)
+    plain = ka.losses.AmbientLoss(sigma_data=0.6, weighting=weighting)
+    zeros = np.zeros((n,), "float32")
+    assert _mean_loss(plain, noisy, y, zeros) < _mean_loss(plain, clean, y, zeros)
+
+
+def test_unbiased_weighting_and_cap():
+    fn = ka.losses.AmbientLoss(sigma_data=0.5, weighting="unbiased", max_weight_ratio=10.0)
+    sigma_t = np.array([0.31, 1.0], "float32")
+    sigma_n = np.array([0.3, 0.3], "float32")
+    w = to_numpy(fn.weight(sigma_t, sigma_n))
+    lam = (sigma_t**2 + 0.25) / (sigma_t**2 * 0.25)
+    a = (sigma_t**2 - sigma_n**2) / sigma_t**2
+    np.testing.assert_allclose(w, lam * np.minimum(1 / a**2, 10.0), rtol=1e-5)
+    assert w[0] == pytest.approx(lam[0] * 10.0, rel=1e-5)  # capped near sigma_n
+
+
+def test_uniform_noise_distribution_bounds():
+    fn = ka.losses.AmbientLoss(noise_distribution="uniform", sigma_max=3.0)
+    sn = np.array([0.0, 0.5, 2.0] * 2000, "float32")
+    s = to_numpy(fn.sample_sigma(sn, keras.random.SeedGenerator(0)))
+    assert np.all(s > sn) and np.all(s <= 3.0)
+    np.testing.assert_allclose(s[sn == 2.0].mean(), 2.5, atol=0.03)
+
+
+@pytest.mark.parametrize("start, num_steps", [("ambient", 1), ("ambient", 3), ("data", 1), ("data", 2)])
+def test_consistency_loss_vanishes_for_the_exact_denoiser(start, num_steps):
+    """For Gaussian data the exact denoiser is a martingale under M5 (its mean is
+    exact and D is linear), so the unbiased M4 estimator averages to zero."""
+    sn, n = 0.4, 100_000
+    y = gaussian_batch(n, 2, sn, seed=4)
+    sig_n = np.full((n,), sn, "float32")
+    D = gaussian_denoiser()
+    seed = keras.random.SeedGenerator(5)
+    amb = ka.losses.AmbientLoss(sigma_data=0.6)(D, y, sig_n, seed=seed)
+    loss = to_numpy(ka.losses.ConsistencyLoss(start=start, num_steps=num_steps)(
+        D, y, sig_n, ambient_output=amb, seed=seed))
+    assert loss.shape == (n,)
+    assert abs(loss.mean()) < 4 * loss.std() / math.sqrt(n)
+
+
+def test_consistency_loss_matches_closed_form_for_a_wrong_denoiser():
+    """D scaled by c below sigma_n, start at the data (t = sigma_n, all s < t):
+    E[loss | y] = (c - 1)^2 k(sigma_n)^2 mean(y^2)."""
+    sn, n, c = 0.4, 100_000, 1.3
+    y = gaussian_batch(n, 2, sn, seed=6)
+    sig_n = np.full((n,), sn, "float32")
+    D = gaussian_denoiser(scale_below=c, threshold=sn - 1e-4)
+    loss = to_numpy(ka.losses.ConsistencyLoss(start="data")(D, y, sig_n, seed=keras.random.SeedGenerator(8)))
+    k = S2 / (S2 + sn**2)
+    expected = (c - 1) ** 2 * k**2 * np.mean(y**2, axis=1)
+    assert abs(loss.mean() - expected.mean()) < 4 * loss.std() / math.sqrt(n)
+    assert expected.mean() > 10 * loss.std() / math.sqrt(n)  # the test can tell
+
+
+def test_consistency_loss_skips_clean_samples_when_starting_at_the_data():
+    y = gaussian_batch(8, 2, 0.0, seed=9)
+    D = gaussian_denoiser(scale_below=2.0, threshold=10.0)
+    loss = to_numpy(ka.losses.ConsistencyLoss(start="data")(D, y, np.zeros((8,), "float32"), seed=1))
+    np.testing.assert_array_equal(loss, 0.0)
+
+
+def test_lower_level_sampling():
+    cons = ka.losses.ConsistencyLoss(max_gap=0.05, s_distribution="log_uniform")
+    t = np.array([0.001, 0.3, 2.0] * 3000, "float32")
+    s = to_numpy(cons.sample_lower_level(t, keras.random.SeedGenerator(0)))
+    assert np.all(s < t + 1e-7) and np.all(s > 0) and np.all(s >= t - 0.05 - 1e-6)
+
+
+def test_consistency_requires_the_ambient_output_for_ambient_start():
+    with pytest.raises(ValueError, match="ambient_output"):
+        ka.losses.ConsistencyLoss()(gaussian_denoiser(), np.zeros((2, 2), "float32"),
+                                    np.zeros((2,), "float32"))
+
+
+@pytest.mark.parametrize("obj", [ka.losses.AmbientLoss(weighting="unbiased", p_mean=-1.0),
+                                 ka.losses.ConsistencyLoss(start="data", num_steps=3, max_gap=0.1)])
+def test_loss_config_round_trip(obj):
+    clone = assert_config_round_trip(obj)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+    assert restored.get_config() == obj.get_config() == clone.get_config()
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (ka.losses.AmbientLoss, {"weighting": "l2"}, "weighting"),
+        (ka.losses.AmbientLoss, {"noise_distribution": "cosine"}, "noise_distribution"),
+        (ka.losses.AmbientLoss, {"p_std": 0.0}, "p_std"),
+        (ka.losses.AmbientLoss, {"sigma_data": -1.0}, "sigma_data"),
+        (ka.losses.ConsistencyLoss, {"start": "middle"}, "start"),
+        (ka.losses.ConsistencyLoss, {"num_steps": 0}, "num_steps"),
+        (ka.losses.ConsistencyLoss, {"s_distribution": "beta"}, "s_distribution"),
+        (ka.losses.ConsistencyLoss, {"max_gap": -0.1}, "max_gap"),
+    ],
+)
+def test_loss_bad_arguments(cls, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=f"Received: {match}"):
+        cls(**kwargs)

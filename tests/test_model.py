@@ -1,0 +1,345 @@
+"""AmbientDiffusion: training through fit, EMA, sampling modes, saving, errors."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ambient as ka
+from tests.harness import BACKENDS, run_in_backend, to_numpy
+
+SIGMA_N = 0.2
+
+
+def small_model(**kwargs):
+    net = ka.networks.MLPDenoiser(2, hidden_units=16, num_blocks=1, embedding_dim=8, seed=0)
+    kwargs.setdefault("sigma_n", SIGMA_N)
+    kwargs.setdefault("seed", 0)
+    model = ka.AmbientDiffusion(net, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+def mixture_data(n=256, sigma=SIGMA_N, seed=0):
+    x = ka.data.GaussianMixture.circle().sample(n, seed=seed)
+    return ka.data.add_noise(x, sigma, seed=seed + 1)
+
+
+def test_fit_logs_losses_and_counts_ema_steps():
+    model = small_model(consistency_weight=0.5)
+    history = model.fit(mixture_data(), batch_size=64, epochs=2, verbose=0)
+    logs = history.history
+    assert {"loss", "ambient_loss", "consistency_loss"} <= set(logs)
+    total = logs["ambient_loss"][-1] + 0.5 * logs["consistency_loss"][-1]
+    assert logs["loss"][-1] == pytest.approx(total, rel=1e-4, abs=1e-5)
+    assert int(to_numpy(model.ema_step)) == 8  # 2 epochs x 4 batches
+
+
+def test_training_approaches_the_exact_denoiser():
+    """Against the closed-form posterior mean of the mixture (method.md §8)."""
+    gm = ka.data.GaussianMixture.circle()
+    x = gm.sample(2048, seed=0)
+    model = small_model(sigma_n=0.0, consistency_weight=0.0, ema_decay=None)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    probe = gm.sample(512, seed=9) + 0.5 * np.random.default_rng(1).standard_normal((512, 2)).astype("float32")
+    exact = gm.posterior_mean(probe, 0.5)
+
+    def error():
+        return float(np.mean((model.denoise(probe, 0.5) - exact) ** 2))
+
+    before = error()
+    model.fit(x, batch_size=128, epochs=10, verbose=0)
+    assert error() < 0.3 * before
+
+
+def _data_formats():
+    y = mixture_data(64)
+    sig = np.full((64,), SIGMA_N, "float32")
+    return {
+        "array": ((y,), {}),
+        "tuple": (((y, sig),), {}),
+        "x_and_y": ((y, sig), {}),
+        "dict": (({"data": y, "sigma_n": sig},), {}),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["array", "tuple", "x_and_y", "dict"])
+def test_fit_accepts_numpy_formats(fmt):
+    args, kwargs = _data_formats()[fmt]
+    model = small_model()
+    history = model.fit(*args, batch_size=32, epochs=1, verbose=0, **kwargs)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_fit_accepts_tf_data():
+    tf = pytest.importorskip("tensorflow")
+    y = mixture_data(64)
+    ds = tf.data.Dataset.from_tensor_slices((y, np.full((64,), SIGMA_N, "float32"))).batch(32)
+    history = small_model().fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_fit_accepts_py_dataset():
+    y = mixture_data(64)
+
+    class Noisy(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return y[32 * i:32 * (i + 1)], np.full((32,), SIGMA_N, "float32")
+
+    history = small_model().fit(Noisy(), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_fit_accepts_torch_dataloader():
+    torch = pytest.importorskip("torch")
+    y = torch.from_numpy(mixture_data(64))
+    ds = torch.utils.data.TensorDataset(y, torch.full((64,), SIGMA_N))
+    loader = torch.utils.data.DataLoader(ds, batch_size=32)
+    history = small_model().fit(loader, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_per_sample_noise_levels_mix_clean_and_noisy():
+    x = ka.data.GaussianMixture.circle().sample(128, seed=0)
+    levels = ka.data.mixed_noise_levels(128, 0.3, clean_fraction=0.25, seed=0)
+    assert (levels == 0).sum() == 32
+    y = ka.data.add_noise(x, levels, seed=1)
+    np.testing.assert_array_equal(y[levels == 0], x[levels == 0])
+    history = small_model().fit((y, levels), batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_validation_reports_the_ambient_loss():
+    model = small_model(consistency_weight=0.1)
+    history = model.fit(mixture_data(128), batch_size=64, epochs=1, verbose=0,
+                        validation_data=(mixture_data(64, seed=5),))
+    assert np.isfinite(history.history["val_ambient_loss"][-1])
+
+
+def test_ema_update_follows_its_formula():
+    model = small_model(ema_decay=0.9)
+    w = model.denoiser.trainable_weights[0]
+    e = model.ema_denoiser.weights[next(i for i, v in enumerate(model.denoiser.weights) if v is w)]
+    # Step 0: the EMA is a copy.
+    w.assign(np.full(w.shape, 2.0, "float32"))
+    e.assign(np.zeros(e.shape, "float32"))
+    model._update_ema()
+    np.testing.assert_allclose(to_numpy(e), 2.0)
+    # Step 5: decay = min(0.9, 6/15) = 0.4 (warm-up).
+    model.ema_step.assign(5)
+    w.assign(np.full(w.shape, 1.0, "float32"))
+    model._update_ema()
+    np.testing.assert_allclose(to_numpy(e), 0.4 * 2.0 + 0.6 * 1.0, rtol=1e-6)
+    # Late steps: the decay itself.
+    model.ema_step.assign(1000)
+    w.assign(np.zeros(w.shape, "float32"))
+    model._update_ema()
+    np.testing.assert_allclose(to_numpy(e), 0.9 * 1.4, rtol=1e-6)
+    assert int(to_numpy(model.ema_step)) == 1001
+
+
+def test_ema_starts_as_a_copy_and_is_used_for_sampling():
+    model = small_model(ema_decay=0.99)
+    x = mixture_data(8)
+    np.testing.assert_allclose(model.denoise(x, 0.5), model.denoise(x, 0.5, use_ema=False), atol=1e-6)
+    model.fit(mixture_data(256), batch_size=32, epochs=2, verbose=0)
+    assert not np.allclose(model.denoise(x, 0.5), model.denoise(x, 0.5, use_ema=False), atol=1e-4)
+    ema_out = to_numpy(model.ema_denoiser([x, np.full((8,), 0.5, "float32")]))
+    np.testing.assert_allclose(model.denoise(x, 0.5), ema_out, atol=1e-5)
+
+
+def test_call_returns_the_data():
+    model = small_model()
+    y = mixture_data(4)
+    np.testing.assert_array_equal(to_numpy(model(y)), y)
+
+
+def test_generate_modes_shapes_and_seeds():
+    model = small_model()
+    model.fit(mixture_data(128), batch_size=64, epochs=1, verbose=0)
+    a = model.generate(10, num_steps=6, seed=1, batch_size=4)
+    b = model.generate(10, num_steps=6, seed=1, batch_size=4)
+    c = model.generate(10, num_steps=6, seed=2, batch_size=4)
+    assert a.shape == (10, 2) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    t = model.generate(10, num_steps=6, seed=1, mode="truncated")
+    assert t.shape == (10, 2) and np.all(np.isfinite(t))
+    for sampler in ("euler", "euler_ancestral"):
+        assert model.generate(5, num_steps=4, seed=0, sampler=sampler).shape == (5, 2)
+
+
+def test_generate_from_input():
+    model = small_model()
+    x = mixture_data(6)
+    out = model.generate(x_start=x, sigma_start=1.0, mode="from_input", num_steps=5, seed=0)
+    assert out.shape == x.shape
+    # Starting below sigma_min without added noise is one denoiser call at that level.
+    tiny = model.generate(x_start=x, sigma_start=0.001, mode="from_input", add_noise=False)
+    np.testing.assert_allclose(tiny, model.denoise(x, 0.001), atol=1e-6)
+
+
+def test_generate_with_progress_bar(capsys):
+    small_model().generate(3, num_steps=3, seed=0, verbose=1)
+    assert "3/3" in capsys.readouterr().out
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = small_model(consistency_weight=0.3, ema_decay=0.95,
+                        consistency_loss=ka.losses.ConsistencyLoss(num_steps=2))
+    y = mixture_data(128)
+    model.fit(y, batch_size=64, epochs=1, verbose=0)
+    path = os.path.join(str(tmp_path), "ambient.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.get_config() == model.get_config()
+    assert restored.consistency_loss.num_steps == 2
+    assert int(to_numpy(restored.ema_step)) == int(to_numpy(model.ema_step))
+    for use_ema in (True, False):
+        np.testing.assert_allclose(restored.denoise(y[:8], 0.4, use_ema=use_ema),
+                                   model.denoise(y[:8], 0.4, use_ema=use_ema), atol=1e-6)
+    # Training continues after loading (recompile: optimizer state is backend-specific).
+    restored.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert np.isfinite(restored.fit(y, batch_size=64, epochs=1, verbose=0).history["loss"][-1])
+
+
+@pytest.mark.slow
+def test_saved_model_loads_in_the_other_backends(tmp_path):
+    model = small_model()
+    y = mixture_data(128)
+    model.fit(y, batch_size=64, epochs=1, verbose=0)
+    path = os.path.join(str(tmp_path), "ambient.keras")
+    model.save(path)
+    np.save(os.path.join(str(tmp_path), "x.npy"), y[:8])
+    expected = model.denoise(y[:8], 0.3)
+    code = (
+        "import json, numpy as np, keras, keras_ambient as ka\n"
+        f"m = keras.models.load_model({path!r})\n"
+        f"x = np.load({os.path.join(str(tmp_path), 'x.npy')!r})\n"
+        "print(json.dumps({'out': m.denoise(x, 0.3).tolist(), 'b': keras.backend.backend()}))\n"
+    )
+    for backend in BACKENDS:
+        if backend == keras.backend.backend():
+            continue
+        result = run_in_backend(backend, code)
+        assert result["b"] == backend
+        np.testing.assert_allclose(np.array(result["out"]), expected, atol=1e-5)
+
+
+def test_mixed_precision_keeps_losses_in_float32():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = small_model(consistency_weight=0.1)
+    assert model.network.layers[-1].compute_dtype == "bfloat16"
+    history = model.fit(mixture_data(64), batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    out = model.denoise(mixture_data(4), 0.5)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "sigma_n, error, match",
+    [
+        (-0.1, ValueError, "Received: sigma_n=-0.1"),
+        (float("nan"), ValueError, "sigma_n must be finite|`sigma_n` must be finite"),
+        (float("inf"), ValueError, "finite"),
+        (80.0, ValueError, "sigma_max"),
+        ("0.2", TypeError, "sigma_n"),
+        (np.array([0.1, 0.2]), ValueError, "per-sample"),
+    ],
+)
+def test_bad_sigma_n(sigma_n, error, match):
+    with pytest.raises(error, match=match):
+        small_model(sigma_n=sigma_n)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"sigma_data": 0.0}, "sigma_data"), ({"consistency_weight": -1.0}, "consistency_weight"),
+     ({"ema_decay": 1.0}, "ema_decay"), ({"ambient_loss": "edm"}, "ambient_loss"),
+     ({"consistency_loss": 3}, "consistency_loss")],
+)
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        small_model(**kwargs)
+
+
+def test_nan_in_numpy_data_is_rejected_before_training():
+    y = mixture_data(64)
+    y[5, 1] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite value.*index \(5, 1\)"):
+        small_model().fit(y, batch_size=32, epochs=1, verbose=0)
+
+
+def test_nan_in_a_dataset_stops_training_and_leaves_weights_intact():
+    y = mixture_data(64)
+    y[40] = np.inf
+
+    class Noisy(keras.utils.PyDataset):  # not checkable before training
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return y[32 * i:32 * (i + 1)]
+
+    model = small_model()
+    with pytest.raises(ValueError, match="epoch 1, batch 2.*NaN/Inf"):
+        model.fit(Noisy(), epochs=1, verbose=0, shuffle=False)
+    assert all(np.all(np.isfinite(to_numpy(w))) for w in model.weights)
+
+
+def test_divergence_message():
+    cb = ka.callbacks.TerminateOnNonFinite()
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        cb.on_train_batch_end(3, {"loss": float("nan"), "ambient_loss": float("nan")})
+    cb.on_train_batch_end(3, {"loss": 1.0})  # finite: nothing happens
+
+
+def test_per_sample_sigma_n_length_mismatch():
+    y = mixture_data(64)
+    with pytest.raises(ValueError, match="one value per sample.*64 samples.*Received: sigma_n with 63"):
+        small_model().fit((y, np.full((63,), 0.2, "float32")), batch_size=32, verbose=0)
+
+
+def test_per_sample_sigma_n_out_of_range():
+    y = mixture_data(8)
+    with pytest.raises(ValueError, match=">= 0"):
+        small_model().fit((y, np.full((8,), -0.2, "float32")), batch_size=8, verbose=0)
+
+
+def test_data_shape_mismatch():
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        small_model().fit(np.zeros((8, 3), "float32"), batch_size=8, verbose=0)
+
+
+def test_network_with_wrong_output_shape():
+    x_in, c_in = keras.Input((2,)), keras.Input(())
+    net = keras.Model([x_in, c_in], keras.layers.Dense(3)(x_in))
+    with pytest.raises(ValueError, match="shape of its input"):
+        model = ka.AmbientDiffusion(net, sigma_n=0.1)
+        model.compile(optimizer="adam")
+        model.fit(np.zeros((8, 2), "float32"), batch_size=8, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sampler": "ddim"}, "Received: sampler='ddim'"),
+        ({"mode": "partial"}, "Received: mode='partial'"),
+        ({"mode": "truncated", "sigma_n": 0.0}, "sigma_n"),
+        ({"mode": "from_input"}, "x_start"),
+        ({"num_steps": 0}, "num_steps"),
+    ],
+)
+def test_bad_generate_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        small_model().generate(4, **kwargs)
+
+
+def test_bad_denoise_arguments():
+    with pytest.raises(ValueError, match="sigma"):
+        small_model().denoise(np.zeros((2, 2), "float32"), -1.0)

@@ -311,16 +311,31 @@ class AmbientDiffusion(keras.Model):
             return self.ema_denoiser
         return self.denoiser
 
-    def _denoise_fn(self, use_ema, condition):
+    def _denoise_fn(self, use_ema, condition, pad_to=None):
+        """`fn(x, sigma) -> D(x; sigma)` compiled by Keras's predict machinery.
+
+        With `pad_to`, smaller batches are zero-padded to that size for the
+        network call, so a partial last batch reuses the compiled function
+        (JAX compiles once per input shape).
+        """
         net = self._denoiser_for(use_ema)
         if not self.built:
             self.build()
 
         def denoise_fn(x, sigma):
-            n = ops.shape(x)[0]
-            sig = np.full((n,), sigma, dtype="float32") if np.ndim(sigma) == 0 else sigma
-            inputs = [x, sig] + ([condition] if condition is not None else [])
-            return net.predict_on_batch(inputs)
+            x = ops.convert_to_numpy(x)
+            n = x.shape[0]
+            sig = np.full((n,), sigma, dtype="float32") if np.ndim(sigma) == 0 else np.asarray(sigma, "float32")
+            cond = condition
+            pad = 0 if pad_to is None else max(pad_to - n, 0)
+            if pad:
+                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+                sig = np.concatenate([sig, np.ones((pad,), "float32")])
+                if cond is not None:
+                    cond = np.concatenate([cond, np.repeat(cond[:1], pad, axis=0)])
+            inputs = [x, sig] + ([cond] if cond is not None else [])
+            out = net.predict_on_batch(inputs)
+            return out[:n] if pad else out
 
         return denoise_fn
 
@@ -346,11 +361,11 @@ class AmbientDiffusion(keras.Model):
         sigma = check_noise_levels("sigma", sigma, length=len(x))
         sigma = np.broadcast_to(sigma, (len(x),)).astype("float32")
         batch_size = check_int("batch_size", batch_size, minimum=1)
-        fn = None
+        pad_to = batch_size if len(x) > batch_size else None
         outs = []
         for i in range(0, len(x), batch_size):
             cond = None if condition is None else np.asarray(condition)[i:i + batch_size]
-            fn = self._denoise_fn(use_ema, cond)
+            fn = self._denoise_fn(use_ema, cond, pad_to=pad_to)
             outs.append(np.asarray(fn(x[i:i + batch_size], sigma[i:i + batch_size])))
         return np.concatenate(outs, axis=0) if outs else x.copy()
 
@@ -459,11 +474,12 @@ class AmbientDiffusion(keras.Model):
             )
 
         seed_gen = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+        pad_to = batch_size if num_samples > batch_size else None
         outs = []
         for i in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - i)
             cond = None if condition is None else np.asarray(condition)[i:i + n]
-            denoise_fn = self._denoise_fn(use_ema, cond)
+            denoise_fn = self._denoise_fn(use_ema, cond, pad_to=pad_to)
             if mode == "from_input":
                 x = ops.convert_to_tensor(x_start[i:i + n])
                 if add_noise:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the virtual environment .venv and installs keras_ambient
+# with the pinned CPU stack measured to work together (see ../shared/environment.md).
+# Usage: bash scripts/setup_env.sh [jax|torch|tensorflow|all]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHICH="${1:-all}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+COMMON=("keras==3.15.1" "numpy>=2,<2.5" "scikit-learn==1.9.1" "matplotlib==3.11.2" "pillow" "pytest==9.2.0")
+# torch==2.13.0 is the CPU wheel (an unpinned torch pulls a multi-GB CUDA build);
+# GPU users install their own torch/jax/tensorflow instead.
+case "$WHICH" in
+  jax) BACKENDS=("jax[cpu]==0.10.2") ;;
+  torch) BACKENDS=("torch==2.13.0") ;;
+  tensorflow) BACKENDS=("tensorflow-cpu==2.21.0") ;;
+  all) BACKENDS=("jax[cpu]==0.10.2" "torch==2.13.0" "tensorflow-cpu==2.21.0") ;;
+  *) echo "usage: $0 [jax|torch|tensorflow|all]" >&2; exit 2 ;;
+esac
+python -m pip install -q --no-compile "${COMMON[@]}" "${BACKENDS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+# keras-hub (DINOv2 features for memorization) without its tensorflow-text dependency.
+python -m pip install -q --no-compile --no-deps "keras-hub==0.32.0" 2>&1 | grep -v "^WARNING: Location" || true
+python -m pip install -q --no-compile kagglehub sentencepiece tokenizers regex 2>&1 | grep -v "^WARNING: Location" || true
+python -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+python -c "import keras_ambient, keras; print('keras_ambient', keras_ambient.__version__, 'keras', keras.__version__)"

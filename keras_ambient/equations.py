@@ -14,6 +14,11 @@ from keras import ops
 _TINY_SIGMA = 1e-20
 
 
+def _tensors(*values):
+    """Converts arrays to float32 backend tensors (NumPy + torch tensor fails)."""
+    return tuple(ops.convert_to_tensor(v, dtype="float32") for v in values)
+
+
 def expand_to(sigma, x):
     """Reshapes a `(batch,)` (or scalar) noise level to broadcast against `x`."""
     sigma = ops.convert_to_tensor(sigma, dtype="float32")
@@ -28,6 +33,7 @@ def add_diffusion_noise(y, sigma_n, sigma_t, noise):
     `x_t = y + sqrt(sigma_t^2 - sigma_n^2) * z'`. Requires
     `sigma_t >= sigma_n`; with `sigma_n = 0` this is the usual forward process.
     """
+    y, sigma_n, sigma_t, noise = _tensors(y, sigma_n, sigma_t, noise)
     var = ops.maximum(ops.square(sigma_t) - ops.square(sigma_n), 0.0)
     return y + expand_to(ops.sqrt(var), y) * noise
 
@@ -54,6 +60,7 @@ def noisy_data_prediction(denoised, x_t, sigma_t, sigma_n):
 
     `y_hat = (1 - sigma_n^2/sigma_t^2) D(x_t; sigma_t) + (sigma_n^2/sigma_t^2) x_t`.
     """
+    denoised, x_t, sigma_t, sigma_n = _tensors(denoised, x_t, sigma_t, sigma_n)
     ratio = ops.square(sigma_n) / ops.square(sigma_t)
     ratio = expand_to(ratio, x_t)
     return (1.0 - ratio) * denoised + ratio * x_t
@@ -61,6 +68,7 @@ def noisy_data_prediction(denoised, x_t, sigma_t, sigma_n):
 
 def edm_loss_weight(sigma, sigma_data):
     """EDM's `lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2` (method.md §3)."""
+    (sigma,) = _tensors(sigma)
     sd2 = float(sigma_data) ** 2
     return (ops.square(sigma) + sd2) / (ops.square(sigma) * sd2)
 
@@ -70,6 +78,7 @@ def ambient_scale(sigma_t, sigma_n):
 
     `||y_hat - y||^2 = a^2 ||D - x0_target||^2`.
     """
+    sigma_t, sigma_n = _tensors(sigma_t, sigma_n)
     return 1.0 - ops.square(sigma_n) / ops.square(sigma_t)
 
 
@@ -80,6 +89,7 @@ def reverse_step(x_t, x0_hat, t, s, noise):
     Exact in law when `x0_hat` is the true `x0`; with `x0_hat = E[x0|x_t]` it
     is exact in its mean.
     """
+    x_t, x0_hat, t, s, noise = _tensors(x_t, x0_hat, t, s, noise)
     ratio = expand_to(ops.square(s) / ops.square(t), x_t)
     s_b = expand_to(s, x_t)
     std = s_b * ops.sqrt(ops.maximum(1.0 - ratio, 0.0))
@@ -94,6 +104,7 @@ def consistency_product(denoised_1, denoised_2, target):
     `||E[D(x_s; s) | x_t] - D(x_t; t)||^2 / dim` (unbiased, unlike the
     one-draw square, which adds the variance).
     """
+    denoised_1, denoised_2, target = _tensors(denoised_1, denoised_2, target)
     prod = (denoised_1 - target) * (denoised_2 - target)
     axes = tuple(range(1, len(prod.shape)))
     return ops.mean(prod, axis=axes) if axes else prod
@@ -105,6 +116,7 @@ def truncated_log_normal_sigma(uniform, sigma_lower, p_mean, p_std, sigma_upper=
     `uniform` holds U[0, 1) draws (one per sample). The draw is jit-friendly
     (`erf` / `erfinv`) and handles `sigma_lower = 0` (the plain log-normal).
     """
+    uniform, sigma_lower = _tensors(uniform, sigma_lower)
     lower = ops.log(ops.maximum(sigma_lower, _TINY_SIGMA))
     a = (lower - p_mean) / p_std
     cdf_a = 0.5 * (1.0 + ops.erf(a / math.sqrt(2.0)))

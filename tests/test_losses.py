@@ -33,7 +33,7 @@ def gaussian_batch(n, dim, sigma_n, seed):
 
 
 def test_ambient_loss_value_matches_m3_by_hand():
-    loss_fn = ka.losses.AmbientLoss(sigma_data=0.5)
+    loss_fn = ka.losses.AmbientLoss(sigma_data=0.5, weighting="edm")
     y = gaussian_batch(512, 3, 0.3, seed=0)
     sigma_n = np.full((512,), 0.3, "float32")
     out = loss_fn(gaussian_denoiser(), y, sigma_n, seed=keras.random.SeedGenerator(1))
@@ -117,13 +117,15 @@ def test_consistency_loss_vanishes_for_the_exact_denoiser(start, num_steps):
 
 
 def test_consistency_loss_matches_closed_form_for_a_wrong_denoiser():
-    """D scaled by c below sigma_n, start at the data (t = sigma_n, all s < t):
+    """D scaled by c below sigma_n, start at the data (t = sigma_n, all s < t),
+    one reverse step from the correct D(y; sigma_n):
     E[loss | y] = (c - 1)^2 k(sigma_n)^2 mean(y^2)."""
     sn, n, c = 0.4, 100_000, 1.3
     y = gaussian_batch(n, 2, sn, seed=6)
     sig_n = np.full((n,), sn, "float32")
     D = gaussian_denoiser(scale_below=c, threshold=sn - 1e-4)
-    loss = to_numpy(ka.losses.ConsistencyLoss(start="data")(D, y, sig_n, seed=keras.random.SeedGenerator(8)))
+    cons = ka.losses.ConsistencyLoss(start="data", num_steps=1)
+    loss = to_numpy(cons(D, y, sig_n, seed=keras.random.SeedGenerator(8)))
     k = S2 / (S2 + sn**2)
     expected = (c - 1) ** 2 * k**2 * np.mean(y**2, axis=1)
     assert abs(loss.mean() - expected.mean()) < 4 * loss.std() / math.sqrt(n)
@@ -146,7 +148,7 @@ def test_lower_level_sampling():
 
 def test_consistency_requires_the_ambient_output_for_ambient_start():
     with pytest.raises(ValueError, match="ambient_output"):
-        ka.losses.ConsistencyLoss()(gaussian_denoiser(), np.zeros((2, 2), "float32"),
+        ka.losses.ConsistencyLoss(start="ambient")(gaussian_denoiser(), np.zeros((2, 2), "float32"),
                                     np.zeros((2,), "float32"))
 
 

@@ -14,7 +14,8 @@ N = 20000
 
 
 def exact_denoiser(x, sigma):
-    return MU + VAR / (VAR + sigma**2) * (ops.convert_to_tensor(x) - MU)
+    gain = ops.convert_to_tensor(VAR / (VAR + np.float32(sigma) ** 2))
+    return ops.convert_to_tensor(MU) + gain * (ops.convert_to_tensor(x) - ops.convert_to_tensor(MU))
 
 
 def initial_noise(sigma_max, seed=0):

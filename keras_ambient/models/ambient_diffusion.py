@@ -61,9 +61,12 @@ class AmbientDiffusion(keras.Model):
         sigma_data: standard deviation of the clean data (0.5 for images in
             [-1, 1]; about `x.std()` for other data).
         consistency_weight: lambda of `L = L_ambient + lambda L_cons`; 0 turns
-            the consistency loss off (3x cheaper steps, truncated sampling only).
-        ambient_loss: an `ka.losses.AmbientLoss` (default: EDM log-normal levels,
-            `weighting="edm"`, this `sigma_data`).
+            the consistency loss off (about 3x cheaper steps; then sample with
+            `mode="truncated"`). Default 1.0: on the 2-D mixture 0.1 did not
+            improve on no consistency, 1 and 10 did (SWD 0.074, 0.066, 0.063).
+        ambient_loss: an `ka.losses.AmbientLoss` (default: EDM log-normal levels
+            truncated above each sample's `sigma_n`, `weighting="unbiased"`,
+            this `sigma_data`).
         consistency_loss: an `ka.losses.ConsistencyLoss`.
         ema_decay: decay of the weight EMA (`None` disables it). A warm-up
             `min(ema_decay, (1 + step) / (10 + step))` makes early averages
@@ -80,7 +83,7 @@ class AmbientDiffusion(keras.Model):
     model = ka.AmbientDiffusion(
         network=ka.networks.UNet(image_shape=(8, 8, 1), base_channels=32,
                                  channel_multipliers=(1, 2)),
-        sigma_n=0.2, consistency_weight=0.1, seed=0)
+        sigma_n=0.2, consistency_weight=1.0, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(2e-4))
     model.fit(y, batch_size=64, epochs=20)
     samples = model.generate(64, seed=0)                      # to sigma = 0
@@ -91,7 +94,7 @@ class AmbientDiffusion(keras.Model):
     ```
     """
 
-    def __init__(self, network, sigma_n=0.0, sigma_data=0.5, consistency_weight=0.1,
+    def __init__(self, network, sigma_n=0.0, sigma_data=0.5, consistency_weight=1.0,
                  ambient_loss=None, consistency_loss=None, ema_decay=0.999,
                  sigma_min=0.002, sigma_max=80.0, data_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)

@@ -35,24 +35,12 @@ import numpy as np
 
 import keras_ambient as ka
 from keras_ambient import memorization as mem
-
-
-def sliced_wasserstein(a, b, num_projections=256, seed=0):
-    """Mean over random unit directions of the 1-D Wasserstein-1 distance."""
-    a = a.reshape(len(a), -1).astype("float64")
-    b = b.reshape(len(b), -1).astype("float64")
-    rng = np.random.default_rng(seed)
-    dirs = rng.standard_normal((a.shape[1], num_projections))
-    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-    qs = np.linspace(0.0, 1.0, 201)
-    pa = np.quantile(a @ dirs, qs, axis=0)
-    pb = np.quantile(b @ dirs, qs, axis=0)
-    return float(np.mean(np.abs(pa - pb)))
+from keras_ambient.evaluation import sliced_wasserstein_distance
 
 
 def quality(samples, x_test):
     d, _ = mem.nearest_neighbors(samples, x_test, metric="l2", k=1)
-    return {"swd_to_test": sliced_wasserstein(samples, x_test), "nn_l2_to_test": float(d.mean())}
+    return {"swd_to_test": sliced_wasserstein_distance(samples, x_test), "nn_l2_to_test": float(d.mean())}
 
 
 def build_network(kind, shape):

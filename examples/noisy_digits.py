@@ -130,7 +130,7 @@ def main(argv=None):
     if args.epochs is not None:
         fit_kwargs = dict(x=y_train, batch_size=args.batch_size, epochs=args.epochs, shuffle=True)
     else:
-        steps = 800 if args.steps is None else args.steps
+        steps = args.steps = 800 if args.steps is None else args.steps
         rng = np.random.default_rng(args.seed)
         need = steps * args.batch_size
         idx = np.concatenate([rng.permutation(len(y_train)) for _ in range(need // len(y_train) + 1)])[:need]

@@ -5,6 +5,17 @@ ICML 2024) for Keras 3 on JAX, PyTorch and TensorFlow. The equations
 (method.md M1-M5) live in `keras_ambient.equations`.
 """
 
-from keras_ambient import callbacks, data, equations, layers, losses, memorization, networks, samplers
+from keras_ambient import (
+    callbacks,
+    data,
+    equations,
+    evaluation,
+    layers,
+    losses,
+    memorization,
+    networks,
+    samplers,
+    utils,
+)
 from keras_ambient.models.ambient_diffusion import AmbientDiffusion
 from keras_ambient.version import __version__

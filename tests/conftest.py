@@ -13,13 +13,20 @@ def pytest_addoption(parser):
                      help="run tests marked `large` (big models, downloads)")
 
 
+# Guides, examples and end-to-end CLI runs exercise the same library code on every
+# backend; they run under one backend (torch: no XLA compile for one-shot runs).
+SMOKE_BACKEND = os.environ.get("KERAS_AMBIENT_SMOKE_BACKEND", "torch")
+
+
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-large"):
-        return
-    skip = pytest.mark.skip(reason="large test: pass --run-large to run it")
+    skip_large = pytest.mark.skip(reason="large test: pass --run-large to run it")
+    skip_other = pytest.mark.skip(
+        reason=f"runs under KERAS_BACKEND={SMOKE_BACKEND} only (KERAS_AMBIENT_SMOKE_BACKEND)")
     for item in items:
-        if "large" in item.keywords:
-            item.add_marker(skip)
+        if "large" in item.keywords and not config.getoption("--run-large"):
+            item.add_marker(skip_large)
+        if "one_backend" in item.keywords and keras.backend.backend() != SMOKE_BACKEND:
+            item.add_marker(skip_other)
 
 
 def pytest_report_header(config):

@@ -155,6 +155,8 @@ def test_train_and_sample_vectors(capsys, tmp_path):
     assert status == 0 and read_png(tmp_path / "sub" / "t.png").shape == (256, 256, 1)
 
 
+@pytest.mark.one_backend
+@pytest.mark.slow
 def test_train_images_warns_on_wrong_sigma(capsys, tmp_path):
     np.savez(tmp_path / "img.npz", x=smooth_images(16, size=8, sigma=0.2, seed=2))
     common = ["--epochs", "1", "--batch-size", "16", "--base-channels", "8", "--channel-multipliers", "1",
@@ -176,6 +178,7 @@ def test_train_images_warns_on_wrong_sigma(capsys, tmp_path):
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["sigma_n_source"] == "estimated (mad)"
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_module_entry_point_switches_backend(tmp_path):
     """`python -m keras_ambient --backend B` restarts itself with KERAS_BACKEND=B."""

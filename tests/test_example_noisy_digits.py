@@ -22,6 +22,7 @@ def _finite_numbers(obj):
         yield obj
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_noisy_digits_example_smoke(tmp_path):
     out = tmp_path / "out"

@@ -58,6 +58,7 @@ def test_guide_format(guide):
     assert "KERAS_AMBIENT_SMOKE" in text
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 @pytest.mark.parametrize("guide", sorted(GUIDES))
 def test_guide_runs_in_smoke_mode(guide, tmp_path):
@@ -65,6 +66,7 @@ def test_guide_runs_in_smoke_mode(guide, tmp_path):
     _check_files(tmp_path / "out" / guide[:-3], GUIDES[guide])
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_image_folder_example(tmp_path):
     import numpy as np
@@ -81,6 +83,7 @@ def test_image_folder_example(tmp_path):
     assert metrics["num_images"] == 6 and metrics["image_shape"] == [8, 8, 3]
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_cifar10_example_smoke(tmp_path):
     out = tmp_path / "run"

@@ -1,1 +1,2 @@
 from keras_ambient.callbacks.terminate_on_non_finite import TerminateOnNonFinite
+from keras_ambient.callbacks.sample_grid import SampleGrid

@@ -17,6 +17,8 @@ def _as_samples(name, x):
         raise TypeError(f"`{name}` must be a numeric array. Received: {name} of type {type(x).__name__}")
     if x.ndim == 1:
         x = x[:, None]
+    elif x.ndim > 2:
+        x = x.reshape(len(x), -1)  # images: one flattened vector per sample
     if x.ndim != 2:
         raise ValueError(
             f"`{name}` must be an array of samples with shape (n, dim). Received: {name} with shape {x.shape}"
@@ -36,8 +38,13 @@ def _quantiles(sorted_values, levels):
                     axis=1)
 
 
-def sliced_wasserstein_distance(a, b, num_projections=256, seed=0):
-    """Sliced 1-Wasserstein distance between two sample sets.
+def sliced_wasserstein_distance(a, b, num_projections=256, seed=0, power=1):
+    """Sliced Wasserstein distance between two sample sets.
+
+    `power=1` (default) gives the sliced W1 described below; `power=2` gives the
+    squared sliced W2 (the mean squared quantile difference), which for
+    `b = a + c` equals `||c||^2 / dim`. Images `(n, h, w, c)` are flattened
+    per sample.
 
     Projects both sets on `num_projections` random unit directions (drawn
     uniformly on the sphere with `numpy.random.default_rng(seed)`, the same
@@ -58,6 +65,7 @@ def sliced_wasserstein_distance(a, b, num_projections=256, seed=0):
         b: samples, shape `(m, dim)`, same `dim`.
         num_projections: number of random directions (>= 1).
         seed: seed of the directions.
+        power: 1 (sliced W1) or 2 (squared sliced W2).
 
     Returns:
         A Python float.
@@ -78,6 +86,8 @@ def sliced_wasserstein_distance(a, b, num_projections=256, seed=0):
         )
     if isinstance(num_projections, bool) or not isinstance(num_projections, (int, np.integer)) or num_projections < 1:
         raise ValueError(f"`num_projections` must be an integer >= 1. Received: num_projections={num_projections!r}")
+    if power not in (1, 2):
+        raise ValueError(f"`power` must be 1 or 2. Received: power={power!r}")
     rng = np.random.default_rng(seed)
     dirs = rng.standard_normal((a.shape[1], int(num_projections)))
     dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
@@ -88,7 +98,7 @@ def sliced_wasserstein_distance(a, b, num_projections=256, seed=0):
         levels = (np.arange(n) + 0.5) / n
         pa = _quantiles(pa, levels) if len(pa) != n else pa
         pb = _quantiles(pb, levels) if len(pb) != n else pb
-    return float(np.mean(np.abs(pa - pb)))
+    return float(np.mean(np.abs(pa - pb) ** power))
 
 
 def within_cluster_std(samples, centers, max_radius=None, min_cluster_size=5, return_per_cluster=False):

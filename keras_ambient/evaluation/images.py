@@ -16,7 +16,7 @@
   `frechet_image_distance`: a Fréchet ("FID-like") distance between two image
   sets on features of a small extractor built deterministically offline (PCA
   or the hidden layer of a scikit-learn classifier fitted on clean images).
-- `sliced_wasserstein_distance`: a pixel-space distance between two sets.
+- `keras_ambient.evaluation.sliced_wasserstein_distance` (in `distribution.py`) is the pixel-space distance between two sets.
 
 Everything here works on NumPy arrays and is the same on every Keras backend.
 """
@@ -412,42 +412,6 @@ def frechet_image_distance(images_a, images_b, features=None):
     return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
 
 
-def sliced_wasserstein_distance(samples_a, samples_b, num_projections=256, seed=0):
-    """Sliced 2-Wasserstein distance squared between two sample sets (pixel space).
-
-    The mean over random unit directions `theta` of the squared 1-D
-    2-Wasserstein distance between the projections `theta . a` and `theta . b`
-    (quantile functions compared on a common grid, so the two sets may differ in
-    size). For `b = a + c` it equals `||c||^2 / d`.
-
-    Args:
-        samples_a, samples_b: `(n, ...)` sets, flattened per sample.
-        num_projections: random directions.
-        seed: seed of the directions.
-
-    Returns:
-        A non-negative float.
-
-    Example:
-    ```python
-    sliced_wasserstein_distance(samples, ka.data.load_digits("test"))
-    ```
-    """
-    a = _as_matrix("samples_a", samples_a)
-    b = _as_matrix("samples_b", samples_b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"`samples_a` and `samples_b` must have samples of the same size. "
-                         f"Received: {a.shape[1]} and {b.shape[1]} values per sample")
-    num_projections = check_int("num_projections", num_projections, minimum=1)
-    theta = np.random.default_rng(seed).standard_normal((a.shape[1], num_projections))
-    theta /= np.linalg.norm(theta, axis=0, keepdims=True)
-    pa, pb = np.sort(a @ theta, axis=0), np.sort(b @ theta, axis=0)
-    grid = (np.arange(max(len(a), len(b))) + 0.5) / max(len(a), len(b))
-    qa = np.quantile(pa, grid, axis=0, method="inverted_cdf") if len(a) != len(grid) else pa
-    qb = np.quantile(pb, grid, axis=0, method="inverted_cdf") if len(b) != len(grid) else pb
-    return float(np.mean((qa - qb) ** 2))
-
-
 __all__ = [
     "estimate_noise_level",
     "estimate_noise_level_pca",
@@ -456,5 +420,4 @@ __all__ = [
     "frechet_distance",
     "make_feature_extractor",
     "frechet_image_distance",
-    "sliced_wasserstein_distance",
 ]

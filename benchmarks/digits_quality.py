@@ -54,7 +54,14 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=600, help="training steps per model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--consistency-weight", type=float, default=0.1)
+    p.add_argument("--consistency-weight", type=float, default=None,
+                   help="consistency weight of ambient_cons (default: the library's)")
+    p.add_argument("--weighting", default=None, choices=["edm", "unbiased"],
+                   help="M3 weighting of the ambient models (default: the library's)")
+    p.add_argument("--cons-start", default=None, choices=["ambient", "data"],
+                   help="ConsistencyLoss start point (default: the library's)")
+    p.add_argument("--cons-num-steps", type=int, default=None,
+                   help="ConsistencyLoss reverse steps (default: the library's)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--num-samples", type=int, default=256)
@@ -126,7 +133,14 @@ def _model_settings(name, sigma, args):
         return dict(data="noisy", model_sigma_n=0.0, consistency_weight=0.0, mode="full")
     if name == "truncated":
         return dict(data="noisy", model_sigma_n=sigma, consistency_weight=0.0, mode="truncated")
-    return dict(data="noisy", model_sigma_n=sigma, consistency_weight=args.consistency_weight, mode="full")
+    weight = args.consistency_weight
+    if weight is None:
+        import inspect
+
+        import keras_ambient as ka
+
+        weight = inspect.signature(ka.AmbientDiffusion).parameters["consistency_weight"].default
+    return dict(data="noisy", model_sigma_n=sigma, consistency_weight=weight, mode="full")
 
 
 def train_and_sample(name, sigma, seed, args, x_train):
@@ -139,8 +153,15 @@ def train_and_sample(name, sigma, seed, args, x_train):
     keras.utils.set_random_seed(seed)
     net = ka.networks.UNet(image_shape=(8, 8, 1), base_channels=args.base_channels,
                            channel_multipliers=(1, 2), num_res_blocks=args.num_res_blocks, seed=seed)
+    loss_kwargs = {}
+    if args.weighting is not None:
+        loss_kwargs["ambient_loss"] = ka.losses.AmbientLoss(weighting=args.weighting)
+    cons_kwargs = {k: v for k, v in (("start", args.cons_start), ("num_steps", args.cons_num_steps))
+                   if v is not None}
+    if cons_kwargs:
+        loss_kwargs["consistency_loss"] = ka.losses.ConsistencyLoss(**cons_kwargs)
     model = ka.AmbientDiffusion(net, sigma_n=cfg["model_sigma_n"], consistency_weight=cfg["consistency_weight"],
-                                seed=seed)
+                                seed=seed, **loss_kwargs)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
     # Exactly `steps` batches: concatenated shuffles of the training set.
     rng = np.random.default_rng(seed)

@@ -60,7 +60,13 @@ def test_swd_errors():
     with pytest.raises(ValueError, match="finite"):
         sliced_wasserstein_distance(x, np.full((10, 2), np.nan))
     with pytest.raises(ValueError, match=r"shape \(n, dim\)"):
+        sliced_wasserstein_distance(np.zeros(()), x)
+    with pytest.raises(ValueError, match="power"):
+        sliced_wasserstein_distance(x, x, power=3)
+    # Images are flattened per sample: (2, 2, 2) is compared as (2, 4).
+    with pytest.raises(ValueError, match="same dimension"):
         sliced_wasserstein_distance(np.zeros((2, 2, 2)), x)
+    assert sliced_wasserstein_distance(np.ones((3, 2, 2)), np.ones((5, 4))) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("std", [0.02, 0.05, 0.1])

@@ -244,7 +244,7 @@ def sweep_configs():
         rows.append((f"cons ambient-start cw={cw}", C, {"start": "ambient", "cw": cw}))
     for cw in (0.1, 1.0, 10.0):
         rows.append((f"cons data-start cw={cw}", C, {"start": "data", "cw": cw}))
-    for ns in (2, 4):
+    for ns in (1, 2, 4):
         rows.append((f"cons data-start cw=1 steps={ns}", C, {"start": "data", "cw": 1.0, "num_steps": ns}))
     rows += [
         ("cons data-start cw=1 log_uniform", C, {"start": "data", "cw": 1.0, "s_dist": "log_uniform"}),

@@ -57,7 +57,8 @@ def main():
                    help="checkpoints (cumulative training steps) at which everything is measured")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--consistency-weight", type=float, default=0.1)
+    p.add_argument("--consistency-weight", type=float, default=None,
+                   help="consistency weight of the ambient models (default: the library's)")
     p.add_argument("--network", choices=["mlp", "unet"], default="mlp",
                    help="mlp: MLPDenoiser(256x3) on flattened digits (fast on CPU); unet: a 16-channel UNet")
     p.add_argument("--num-samples", type=int, default=300)
@@ -95,9 +96,10 @@ def main():
     for label, sigma_n in configs:
         keras.utils.set_random_seed(args.seed)
         y = x_train if sigma_n == 0 else ka.data.add_noise(x_train, sigma_n, seed=args.seed + 1)
-        model = ka.AmbientDiffusion(build_network(args.network, shape), sigma_n=sigma_n,
-                                    consistency_weight=0.0 if sigma_n == 0 else args.consistency_weight,
-                                    seed=args.seed)
+        kwargs = {"consistency_weight": 0.0} if sigma_n == 0 else (
+            {} if args.consistency_weight is None else {"consistency_weight": args.consistency_weight})
+        model = ka.AmbientDiffusion(build_network(args.network, shape), sigma_n=sigma_n, seed=args.seed,
+                                    **kwargs)
         model.compile(optimizer=keras.optimizers.Adam(args.lr))
         steps_per_epoch = int(np.ceil(len(y) / args.batch_size))
         done, t_train = 0, 0.0

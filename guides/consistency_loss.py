@@ -110,11 +110,13 @@ Same MLP denoiser, three training set-ups:
 - `naive`: told the data is clean (`sigma_n=0`): plain denoising score matching
   on the noisy points;
 - `ambient`: the ambient loss only (`consistency_weight=0`);
-- `consistent`: the ambient loss plus `0.1 x` the consistency loss.
+- `consistent`: the ambient loss plus the consistency loss (library defaults:
+  weight 1, the chain starts at the data `y` at `t = sigma_n`, 2 reverse steps).
 
 `ka.losses.ConsistencyLoss` exposes the choices of M4/M5: where the chain
-starts (`start="ambient"` reuses the ambient loss's `x_t` and `D(x_t; t)`, so one
-step costs 3 network evaluations instead of 1), how `s` is drawn below `t`
+starts (`start="data"`, the default, starts at each training sample at its own
+noise level; `start="ambient"` reuses the ambient loss's `x_t` and `D(x_t; t)`,
+so a step costs 3 network evaluations instead of 1), how `s` is drawn below `t`
 (`s_distribution`, `max_gap`), how many reverse steps lead from `t` to `s`
 (`num_steps`), and whether gradients flow into the target (`stop_gradient_target`,
 keep it `True`: a gradient into the target made training diverge in the
@@ -131,9 +133,6 @@ def make_model(sigma_n, consistency_weight, name):
         sigma_n=sigma_n,
         sigma_data=sigma_data,
         consistency_weight=consistency_weight,
-        consistency_loss=ka.losses.ConsistencyLoss(
-            start="ambient", num_steps=1, s_distribution="uniform"
-        ),
         seed=0,
         name=name,
     )
@@ -146,7 +145,7 @@ models = {}
 for name, sigma_n, weight in [
     ("naive", 0.0, 0.0),
     ("ambient", SIGMA_N, 0.0),
-    ("consistent", SIGMA_N, 0.1),
+    ("consistent", SIGMA_N, 1.0),
 ]:
     model = make_model(sigma_n, weight, name)
     model.fit(y, batch_size=256, epochs=1, verbose=0)  # compile / warm up

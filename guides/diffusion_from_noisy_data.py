@@ -143,7 +143,7 @@ naive = train(
 )
 ambient = train(
     ka.AmbientDiffusion(
-        make_network(), sigma_n=SIGMA_N, consistency_weight=0.1, seed=0, name="ambient"
+        make_network(), sigma_n=SIGMA_N, consistency_weight=1.0, seed=0, name="ambient"
     )
 )
 

@@ -108,7 +108,7 @@ def make_model(name):
         network,
         sigma_n=SIGMA_N,
         sigma_data=sigma_data,
-        consistency_weight=0.1,
+        consistency_weight=1.0,
         seed=0,
         name=name,
     )

@@ -25,5 +25,5 @@ python -m pip install -q --no-compile "${COMMON[@]}" "${BACKENDS[@]}" 2>&1 | gre
 # keras-hub (DINOv2 features for memorization) without its tensorflow-text dependency.
 python -m pip install -q --no-compile --no-deps "keras-hub==0.32.0" 2>&1 | grep -v "^WARNING: Location" || true
 python -m pip install -q --no-compile kagglehub sentencepiece tokenizers regex 2>&1 | grep -v "^WARNING: Location" || true
-python -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+python -m pip install -q --no-deps -e . > .venv/install_editable.log 2>&1 || { cat .venv/install_editable.log; exit 1; }
 python -c "import keras_ambient, keras; print('keras_ambient', keras_ambient.__version__, 'keras', keras.__version__)"

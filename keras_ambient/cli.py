@@ -35,36 +35,26 @@ class CLIError(ValueError):
 
 
 # ----------------------------------------------------------------- parsing
-def _float_or_auto(text):
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
-    return value
+def _float_parser(description, is_valid, allow_auto=False):
+    """An argparse `type` for finite floats that satisfy `is_valid`."""
+
+    def parse(text):
+        if allow_auto and text == "auto":
+            return "auto"
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and is_valid(value)):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+_float_or_auto = _float_parser("a number >= 0 or 'auto'", lambda v: v >= 0, allow_auto=True)
+_positive_float = _float_parser("a positive number", lambda v: v > 0)
+_non_negative_float = _float_parser("a number >= 0", lambda v: v >= 0)
 
 
 def _positive_int(text):

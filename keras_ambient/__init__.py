@@ -14,7 +14,9 @@ from keras_ambient import (
     losses,
     memorization,
     networks,
+    pretrained,
     samplers,
+    schedules,
     utils,
 )
 from keras_ambient.models.ambient_diffusion import AmbientDiffusion

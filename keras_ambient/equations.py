@@ -129,3 +129,52 @@ def truncated_log_normal_sigma(uniform, sigma_lower, p_mean, p_std, sigma_upper=
     if sigma_upper is not None:
         sigma = ops.minimum(sigma, sigma_upper)
     return sigma
+
+
+# --------------------------------------------------------------------------
+# method.md §6: other parameterizations. A process x_t = alpha x0 + beta eps
+# maps to VE by x_ve = x_t / alpha and sigma = beta / alpha, so M1-M5 above are
+# computed once, in VE coordinates, for every parameterization.
+
+
+def vp_sigma(alpha_bar):
+    """§6, VP / DDPM: `sigma = sqrt((1 - abar) / abar)` (`alpha = sqrt(abar)`, `beta = sqrt(1 - abar)`)."""
+    (alpha_bar,) = _tensors(alpha_bar)
+    return ops.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def vp_coefficients(sigma):
+    """§6, VP: `(alpha, beta) = (1, sigma) / sqrt(1 + sigma^2)` for a VE level `sigma`."""
+    (sigma,) = _tensors(sigma)
+    alpha = 1.0 / ops.sqrt(1.0 + ops.square(sigma))
+    return alpha, sigma * alpha
+
+
+def flow_sigma(t):
+    """§6, rectified flow: `sigma = t / (1 - t)` (`alpha = 1 - t`, `beta = t`)."""
+    (t,) = _tensors(t)
+    return t / (1.0 - t)
+
+
+def flow_time(sigma):
+    """§6, rectified flow: `t = sigma / (1 + sigma)`, the inverse of `flow_sigma`."""
+    (sigma,) = _tensors(sigma)
+    return sigma / (1.0 + sigma)
+
+
+def x0_from_epsilon(x_t, eps_hat, alpha, beta):
+    """§6, epsilon-prediction: `x0_hat = (x_t - beta eps_hat) / alpha`."""
+    x_t, eps_hat, alpha, beta = _tensors(x_t, eps_hat, alpha, beta)
+    return (x_t - expand_to(beta, x_t) * eps_hat) / expand_to(alpha, x_t)
+
+
+def x0_from_v(x_t, v_hat, alpha, beta):
+    """§6, v-prediction (`v = alpha eps - beta x0`, alpha^2 + beta^2 = 1): `x0_hat = alpha x_t - beta v_hat`."""
+    x_t, v_hat, alpha, beta = _tensors(x_t, v_hat, alpha, beta)
+    return expand_to(alpha, x_t) * x_t - expand_to(beta, x_t) * v_hat
+
+
+def x0_from_velocity(x_t, velocity_hat, t):
+    """§6, rectified flow (`v = eps - x0`): `x0_hat = x_t - t v_hat`."""
+    x_t, velocity_hat, t = _tensors(x_t, velocity_hat, t)
+    return x_t - expand_to(t, x_t) * velocity_hat

@@ -25,5 +25,11 @@ python -m pip install -q --no-compile "${COMMON[@]}" "${BACKENDS[@]}" 2>&1 | gre
 # keras-hub (DINOv2 features for memorization) without its tensorflow-text dependency.
 python -m pip install -q --no-compile --no-deps "keras-hub==0.32.0" 2>&1 | grep -v "^WARNING: Location" || true
 python -m pip install -q --no-compile kagglehub sentencepiece tokenizers regex 2>&1 | grep -v "^WARNING: Location" || true
+# keras-cv (Stable Diffusion 1.x path; no longer developed) for the test that compares
+# its timestep embedding with ours; it declares keras-core, so install it without deps.
+if [ "$WHICH" = all ]; then
+  python -m pip install -q --no-compile --no-deps "keras-cv==0.9.0" 2>&1 | grep -v "^WARNING: Location" || true
+  python -m pip install -q --no-compile "tensorflow-datasets" "dm-tree" 2>&1 | grep -v "^WARNING: Location" || true
+fi
 python -m pip install -q --no-deps -e . > .venv/install_editable.log 2>&1 || { cat .venv/install_editable.log; exit 1; }
 python -c "import keras_ambient, keras; print('keras_ambient', keras_ambient.__version__, 'keras', keras.__version__)"

@@ -1,3 +1,6 @@
+from keras_ambient.layers.denoiser import Denoiser
 from keras_ambient.layers.edm_denoiser import EDMDenoiser
+from keras_ambient.layers.flow_denoiser import FlowDenoiser
 from keras_ambient.layers.fourier_embedding import FourierEmbedding
 from keras_ambient.layers.positional_embedding import PositionalEmbedding
+from keras_ambient.layers.vp_denoiser import VPDenoiser

@@ -1,12 +1,12 @@
 import keras
-from keras import ops
 
 from keras_ambient import equations
+from keras_ambient.layers.denoiser import Denoiser
 from keras_ambient.utils.validation import check_scalar
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
-class EDMDenoiser(keras.Model):
+class EDMDenoiser(Denoiser):
     """The preconditioned denoiser `D(x; sigma)` of EDM (method.md M2).
 
     `D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s))` estimates
@@ -35,14 +35,7 @@ class EDMDenoiser(keras.Model):
     """
 
     def __init__(self, network, sigma_data=0.5, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if not callable(network):
-            raise TypeError(
-                "`network` must be a Keras model or layer. "
-                f"Received: network={network!r}"
-            )
-        self.network = network
+        super().__init__(network, **kwargs)
         self.sigma_data = check_scalar("sigma_data", sigma_data, minimum=0, min_inclusive=False)
 
     def build(self, input_shape):
@@ -54,44 +47,12 @@ class EDMDenoiser(keras.Model):
             )
         self.built = True
 
-    def call(self, inputs, training=None):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
-            raise ValueError(
-                "EDMDenoiser expects `[x, sigma]` or `[x, sigma, condition]`. "
-                f"Received: inputs of type {type(inputs).__name__}"
-            )
-        x = ops.cast(inputs[0], "float32")
-        sigma = ops.cast(inputs[1], "float32")
-        batch = ops.shape(x)[0]
-        if len(sigma.shape) == 0:
-            sigma = ops.broadcast_to(sigma, (batch,))
-        sigma = ops.reshape(sigma, (-1,))
+    def denoise(self, x, sigma, condition, training):
         c_skip, c_out, c_in, c_noise = equations.edm_preconditioning(sigma, self.sigma_data)
-        net_inputs = [equations.expand_to(c_in, x) * x, c_noise]
-        if len(inputs) == 3 and inputs[2] is not None:
-            net_inputs.append(inputs[2])
-        out = self.network(net_inputs, training=training)
-        if tuple(out.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
-                "The network must return a tensor of the shape of its input x. "
-                f"Received: network output shape {tuple(out.shape)} for input "
-                f"shape {tuple(x.shape)}"
-            )
-        out = ops.cast(out, "float32")
+        out = self._call_network(equations.expand_to(c_in, x) * x, c_noise, condition, training)
         return equations.expand_to(c_skip, x) * x + equations.expand_to(c_out, x) * out
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "network": keras.saving.serialize_keras_object(self.network),
-                "sigma_data": self.sigma_data,
-            }
-        )
+        config["sigma_data"] = self.sigma_data
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        return cls(**config)

@@ -16,7 +16,7 @@ are returned so that the consistency loss can reuse the same forward pass.
 """
 
 WEIGHTINGS = ("edm", "unbiased")
-NOISE_DISTRIBUTIONS = ("log_normal", "uniform")
+NOISE_DISTRIBUTIONS = ("log_normal", "uniform", "denoiser")
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -45,7 +45,11 @@ class AmbientLoss:
             on the 2-D mixture).
         noise_distribution: `"log_normal"`: EDM's `ln sigma_t ~ N(p_mean, p_std)`
             truncated to `sigma_t > sigma_n` per sample (inverse-CDF sampling);
-            `"uniform"`: `sigma_t ~ U(sigma_n, sigma_max)`.
+            `"uniform"`: `sigma_t ~ U(sigma_n, sigma_max)`;
+            `"denoiser"`: the pretrained model's own training law truncated
+            above `sigma_n`, from the denoiser's `sample_training_sigma`
+            (`VPDenoiser`: timesteps uniform above `t(sigma_n)`, as the paper
+            fine-tuned SDXL; `FlowDenoiser`: SD3's shifted logit-normal).
         p_mean, p_std: log-normal parameters (EDM: -1.2, 1.2).
         sigma_max: largest training noise level (both distributions are
             clipped to it).
@@ -72,10 +76,20 @@ class AmbientLoss:
         self.p_std = check_scalar("p_std", p_std, minimum=0, min_inclusive=False)
         self.sigma_max = check_scalar("sigma_max", sigma_max, minimum=0, min_inclusive=False)
 
-    def sample_sigma(self, sigma_n, seed):
+    def sample_sigma(self, sigma_n, seed, denoiser=None):
         """Draws one training level `sigma_t > sigma_n` per sample."""
         sigma_n = ops.cast(sigma_n, "float32")
         u = keras.random.uniform(ops.shape(sigma_n), seed=seed)
+        if self.noise_distribution == "denoiser":
+            sampler = getattr(denoiser, "sample_training_sigma", None)
+            sigma = None if sampler is None else sampler(u, sigma_n)
+            if sigma is None:
+                raise ValueError(
+                    "AmbientLoss(noise_distribution='denoiser') needs a denoiser that "
+                    "defines its training law (ka.layers.VPDenoiser, FlowDenoiser). "
+                    f"Received: denoiser of type {type(denoiser).__name__}"
+                )
+            return ops.minimum(sigma, self.sigma_max)
         if self.noise_distribution == "log_normal":
             return equations.truncated_log_normal_sigma(
                 u, sigma_n, self.p_mean, self.p_std, sigma_upper=self.sigma_max
@@ -108,7 +122,7 @@ class AmbientLoss:
         """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
-        sigma_t = self.sample_sigma(sigma_n, seed)
+        sigma_t = self.sample_sigma(sigma_n, seed, denoiser=denoiser)
         noise = keras.random.normal(ops.shape(y), seed=seed)
         x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
                                             equations.expand_to(sigma_t, y), noise)

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_ambient import equations
+from keras_ambient.utils.structures import repeat_condition
 from keras_ambient.utils.validation import check_choice, check_int, check_scalar
 
 STARTS = ("ambient", "data")
@@ -125,7 +126,7 @@ class ConsistencyLoss:
             x0_hat = ops.stop_gradient(x0_hat)
         t2 = ops.concatenate([t, t], axis=0)
         s2 = ops.concatenate([s, s], axis=0)
-        cond2 = None if condition is None else ops.concatenate([condition, condition], axis=0)
+        cond2 = repeat_condition(condition)
         level = t2
         for k in range(1, self.num_steps + 1):
             next_level = t2 + (s2 - t2) * (k / self.num_steps)

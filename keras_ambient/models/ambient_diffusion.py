@@ -1,12 +1,21 @@
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_ambient import samplers as samplers_lib
 from keras_ambient.callbacks.terminate_on_non_finite import TerminateOnNonFinite
+from keras_ambient.layers.denoiser import Denoiser
 from keras_ambient.layers.edm_denoiser import EDMDenoiser
+from keras_ambient.pretrained.lora import enable_lora
 from keras_ambient.losses.ambient_loss import AmbientLoss
 from keras_ambient.losses.consistency_loss import ConsistencyLoss
+from keras_ambient.utils.structures import condition_length, pad_condition, slice_condition
+from keras_ambient.utils.distribute import scale_loss_for_replicas
+from keras_ambient.utils.seeding import SavedSeedGenerator
+from keras_ambient.utils.versioning import VERSION_KEY, check_saved_config
+from keras_ambient.version import __version__
 from keras_ambient.utils.validation import (
     check_choice,
     check_finite_array,
@@ -54,7 +63,12 @@ class AmbientDiffusion(keras.Model):
     Args:
         network: the raw network `F([x, c_noise(, condition)])`, e.g.
             `ka.networks.UNet` or `ka.networks.MLPDenoiser`; any Keras model
-            whose output has the shape of `x`.
+            whose output has the shape of `x`. It is wrapped in EDM's
+            `ka.layers.EDMDenoiser`. To fine-tune a pretrained model in its own
+            parameterization (method.md §6), pass a prebuilt denoiser instead:
+            `ka.layers.VPDenoiser` (DDPM epsilon/v, Stable Diffusion 1.x-XL) or
+            `ka.layers.FlowDenoiser` (rectified flow, Stable Diffusion 3); see
+            `ka.pretrained`.
         sigma_n: noise level of the training data (scalar, `>= 0`); batches may
             override it per sample. Also the default end level of
             `generate(mode="truncated")`.
@@ -74,6 +88,14 @@ class AmbientDiffusion(keras.Model):
         sigma_min, sigma_max: ends of the sampling schedule.
         data_shape: shape of one sample; inferred from functional networks.
         seed: seed of the model's `SeedGenerator` (training noise).
+        lora_rank: if set, LoRA adapters of this rank are added to every
+            `Dense`/`EinsumDense` layer of the network (and its EMA copy) and
+            all other weights are frozen (`ka.pretrained.enable_lora`); the
+            EMA then averages only the adapters. Saving merges the adapters
+            into the kernels (Keras); call
+            `ka.pretrained.reinitialize_lora(model.network)` before fine-tuning
+            a loaded model further.
+        lora_alpha: LoRA scale numerator (default: `lora_rank`).
 
     Example:
     ```python
@@ -96,7 +118,8 @@ class AmbientDiffusion(keras.Model):
 
     def __init__(self, network, sigma_n=0.0, sigma_data=0.5, consistency_weight=1.0,
                  ambient_loss=None, consistency_loss=None, ema_decay=0.999,
-                 sigma_min=0.002, sigma_max=80.0, data_shape=None, seed=None, **kwargs):
+                 sigma_min=0.002, sigma_max=80.0, data_shape=None, seed=None,
+                 lora_rank=None, lora_alpha=None, **kwargs):
         super().__init__(**kwargs)
         self.sigma_min = check_scalar("sigma_min", sigma_min, minimum=0, min_inclusive=False)
         self.sigma_max = check_scalar("sigma_max", sigma_max, minimum=self.sigma_min, min_inclusive=False)
@@ -115,23 +138,53 @@ class AmbientDiffusion(keras.Model):
             raise TypeError(
                 f"`consistency_loss` must be a ka.losses.ConsistencyLoss. Received: consistency_loss={consistency_loss!r}"
             )
+        if abs(ambient_loss.sigma_data - self.sigma_data) > 1e-6 * self.sigma_data:
+            warnings.warn(
+                f"ambient_loss.sigma_data={ambient_loss.sigma_data} differs from the model's "
+                f"sigma_data={self.sigma_data}; the loss weighting uses the former. Pass "
+                "AmbientLoss(sigma_data=...) with the same value unless this is intended.",
+                stacklevel=2,
+            )
         self.ambient_loss = ambient_loss
         self.consistency_loss = consistency_loss
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="training_seed")
+        # Saved with the weights, so resumed training continues the noise stream.
+        self.seed_generator = SavedSeedGenerator(seed, name="training_seed")
 
-        self.denoiser = EDMDenoiser(network, sigma_data=self.sigma_data, name="denoiser")
+        # A raw network F is wrapped in EDM's preconditioning (M2); a prebuilt
+        # ka.layers.Denoiser (VPDenoiser, FlowDenoiser: method.md §6) is used as is.
+        self._custom_denoiser = isinstance(network, Denoiser)
+        if self._custom_denoiser:
+            self.denoiser = network
+        else:
+            self.denoiser = EDMDenoiser(network, sigma_data=self.sigma_data, name="denoiser")
         self.ema_denoiser = None
         if self.ema_decay is not None:
             clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(network))
-            self.ema_denoiser = EDMDenoiser(clone, sigma_data=self.sigma_data, name="ema_denoiser")
+            if not self._custom_denoiser:
+                clone = EDMDenoiser(clone, sigma_data=self.sigma_data, name="ema_denoiser")
+            self.ema_denoiser = clone
             self.ema_denoiser.trainable = False
         self.ema_step = keras.Variable(0, dtype="int32", trainable=False, name="ema_step")
 
-        if data_shape is None and getattr(network, "inputs", None):
-            data_shape = tuple(network.inputs[0].shape[1:])
+        # LoRA (method.md §6 fine-tuning): adapters on the Dense/EinsumDense layers
+        # of the network and of its EMA copy; everything else is frozen.
+        self.lora_rank = check_int("lora_rank", lora_rank, minimum=1, allow_none=True)
+        self.lora_alpha = check_scalar("lora_alpha", lora_alpha, minimum=0, min_inclusive=False,
+                                       allow_none=True)
+        if self.lora_rank is not None:
+            for den in (self.denoiser, self.ema_denoiser):
+                if den is not None:
+                    enable_lora(den.network, self.lora_rank, lora_alpha=self.lora_alpha,
+                                allow_enabled=True)
+
+        raw = self.denoiser.network
+        if data_shape is None and getattr(raw, "inputs", None) and len(raw.inputs) and not isinstance(raw.inputs, dict):
+            data_shape = tuple(raw.inputs[0].shape[1:])
+            if any(d is None for d in data_shape):
+                data_shape = None
         self.data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
-        if network.built and self.ema_denoiser is not None:
+        if raw.built and self.ema_denoiser is not None:
             self.reset_ema()
 
         self.ambient_loss_tracker = keras.metrics.Mean(name="ambient_loss")
@@ -263,7 +316,7 @@ class AmbientDiffusion(keras.Model):
         total = total + ops.stop_gradient(flag)
         if training:
             self._update_ema()
-        return total
+        return scale_loss_for_replicas(total)  # / replicas under tf.distribute
 
     def _update_ema(self):
         if self.ema_denoiser is None:
@@ -272,6 +325,8 @@ class AmbientDiffusion(keras.Model):
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         decay = ops.where(step == 0, 0.0, decay)
         for src, dst in zip(self.denoiser.weights, self.ema_denoiser.weights):
+            if self.lora_rank is not None and not src.trainable:
+                continue  # frozen pretrained weights: copied once by reset_ema
             value = ops.stop_gradient(ops.cast(src, dst.dtype))
             if src.trainable:
                 dst.assign(decay * dst + (1.0 - decay) * value)
@@ -334,8 +389,7 @@ class AmbientDiffusion(keras.Model):
             if pad:
                 x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
                 sig = np.concatenate([sig, np.ones((pad,), "float32")])
-                if cond is not None:
-                    cond = np.concatenate([cond, np.repeat(cond[:1], pad, axis=0)])
+                cond = pad_condition(cond, pad)
             inputs = [x, sig] + ([cond] if cond is not None else [])
             out = net.predict_on_batch(inputs)
             return out[:n] if pad else out
@@ -367,7 +421,7 @@ class AmbientDiffusion(keras.Model):
         pad_to = batch_size if len(x) > batch_size else None
         outs = []
         for i in range(0, len(x), batch_size):
-            cond = None if condition is None else np.asarray(condition)[i:i + batch_size]
+            cond = slice_condition(condition, i, i + batch_size)
             fn = self._denoise_fn(use_ema, cond, pad_to=pad_to)
             outs.append(np.asarray(fn(x[i:i + batch_size], sigma[i:i + batch_size])))
         return np.concatenate(outs, axis=0) if outs else x.copy()
@@ -470,10 +524,10 @@ class AmbientDiffusion(keras.Model):
             else:
                 sigmas = samplers_lib.edm_sigmas(num_steps, sigma_min, sigma_max, rho)
         num_samples = check_int("num_samples", num_samples, minimum=1)
-        if condition is not None and len(condition) != num_samples:
+        if condition is not None and condition_length(condition) != num_samples:
             raise ValueError(
                 f"`condition` must have one entry per sample ({num_samples}). "
-                f"Received: condition with {len(condition)} entries"
+                f"Received: condition with {condition_length(condition)} entries"
             )
 
         seed_gen = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
@@ -481,7 +535,7 @@ class AmbientDiffusion(keras.Model):
         outs = []
         for i in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - i)
-            cond = None if condition is None else np.asarray(condition)[i:i + n]
+            cond = slice_condition(condition, i, i + n)
             denoise_fn = self._denoise_fn(use_ema, cond, pad_to=pad_to)
             if mode == "from_input":
                 x = ops.convert_to_tensor(x_start[i:i + n])
@@ -504,7 +558,9 @@ class AmbientDiffusion(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "network": keras.saving.serialize_keras_object(self.network),
+            "network": keras.saving.serialize_keras_object(
+                self.denoiser if self._custom_denoiser else self.network
+            ),
             "sigma_n": self.sigma_n,
             "sigma_data": self.sigma_data,
             "consistency_weight": self.consistency_weight,
@@ -515,11 +571,14 @@ class AmbientDiffusion(keras.Model):
             "sigma_max": self.sigma_max,
             "data_shape": self.data_shape,
             "seed": self.seed,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            VERSION_KEY: __version__,
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = check_saved_config(cls, config)  # version stamp, unknown keys
         for key in ("network", "ambient_loss", "consistency_loss"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])

@@ -1,0 +1,45 @@
+"""Helpers for conditions that are arrays or nested structures of arrays.
+
+A condition is one array (class labels, vectors) or a dict / tuple of arrays
+(e.g. Stable Diffusion 3's `{"context": ..., "pooled_projection": ...}`), each
+with one entry per sample along axis 0.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def condition_length(condition):
+    """Number of samples of a (possibly nested) condition."""
+    leaves = keras.tree.flatten(condition)
+    lengths = {int(np.shape(leaf)[0]) for leaf in leaves}
+    if len(lengths) != 1:
+        raise ValueError(
+            "Every array of a nested condition must have one entry per sample. "
+            f"Received: arrays with {sorted(lengths)} entries"
+        )
+    return lengths.pop()
+
+
+def slice_condition(condition, start, stop):
+    """`condition[start:stop]` for every array, as NumPy."""
+    if condition is None:
+        return None
+    return keras.tree.map_structure(lambda a: np.asarray(a)[start:stop], condition)
+
+
+def pad_condition(condition, pad):
+    """Appends `pad` copies of the first entry to every array (NumPy)."""
+    if condition is None or pad == 0:
+        return condition
+    return keras.tree.map_structure(
+        lambda a: np.concatenate([a, np.repeat(np.asarray(a)[:1], pad, axis=0)]), condition
+    )
+
+
+def repeat_condition(condition):
+    """`[condition; condition]` along axis 0 for every array (tensors)."""
+    if condition is None:
+        return None
+    return keras.tree.map_structure(lambda a: ops.concatenate([a, a], axis=0), condition)

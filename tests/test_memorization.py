@@ -289,3 +289,58 @@ def test_pictures_are_valid_pngs(tmp_path, digits_train):
         mem.plot_triplets(str(tmp_path / "x.png"), q, train, r.nearest_indices[:3])
     with pytest.raises(ValueError, match="results"):
         mem.plot_similarity_histogram(str(tmp_path / "x.png"), {})
+
+
+# ----------------------------------------------------------- progress bars
+def test_search_progress_bar(capsys):
+    rng = np.random.default_rng(7)
+    train = rng.standard_normal((20, 4, 4, 1)).astype("float32")
+    q = rng.standard_normal((12, 4, 4, 1)).astype("float32")
+    kw = dict(query_batch_size=5, reference_batch_size=7)  # 3 x 3 blocks
+    quiet = mem.nearest_neighbors(q, train, **kw)
+    quiet_report = mem.measure_similarity(q, train, **kw)
+    assert capsys.readouterr().out == ""
+    loud = mem.nearest_neighbors(q, train, verbose=1, **kw)
+    out = capsys.readouterr().out
+    assert "9/9" in out and "block" in out
+    loud_report = mem.measure_similarity(q, train, verbose=1, **kw)
+    assert "18/18" in capsys.readouterr().out  # cosine + L2 searches, one bar
+    for a, b in zip(quiet, loud):
+        np.testing.assert_array_equal(a, b)
+    assert loud_report == quiet_report
+    mem.SimilarityIndex(train, **kw).query(q, verbose=True)
+    assert "18/18" in capsys.readouterr().out
+
+
+def test_noise_attack_progress_bar(capsys, digits_train):
+    fn = _memorizing_denoiser(digits_train)
+    kw = dict(sigma=[0.5, 1.0], num_draws=2, num_steps=3, seed=0, batch_size=2)
+    quiet = mem.noise_attack(fn, digits_train[:5], **kw)
+    quiet.reports(digits_train)
+    assert capsys.readouterr().out == ""
+    loud = mem.noise_attack(fn, digits_train[:5], verbose=1, **kw)
+    out = capsys.readouterr().out
+    assert "18/18" in out and "batch" in out  # 2 levels x 3 batches x (MMSE + 2 draws)
+    np.testing.assert_array_equal(quiet.posterior["1"], loud.posterior["1"])
+    loud.reports(digits_train, verbose=1)
+    assert "2/2" in capsys.readouterr().out
+
+
+def test_noise_attack_progress_bar_on_model(capsys, digits_train):
+    x = digits_train.reshape(len(digits_train), -1)
+    model = ka.AmbientDiffusion(ka.networks.MLPDenoiser(64, hidden_units=16, num_blocks=1, seed=0),
+                                sigma_n=0.2, consistency_weight=0.0, seed=0)
+    model.build()
+    kw = dict(sigma=1.0, num_draws=2, num_steps=3, seed=0, batch_size=2)
+    quiet = mem.noise_attack(model, x[:5], **kw)
+    assert capsys.readouterr().out == ""
+    loud = mem.noise_attack(model, x[:5], verbose=1, **kw)
+    assert "9/9" in capsys.readouterr().out  # 3 batches x (MMSE + 2 draws)
+    # The bar changes nothing: same reconstructions, batched like `denoise`.
+    np.testing.assert_array_equal(quiet.mmse["1"], loud.mmse["1"])
+    np.testing.assert_array_equal(quiet.posterior["1"], loud.posterior["1"])
+    np.testing.assert_allclose(loud.mmse["1"], model.denoise(loud.noisy["1"], 1.0, batch_size=2), atol=1e-5)
+    # A custom sampler (no callback) still completes the bar.
+    mem.noise_attack(model, x[:5], sigma=1.0, mmse=False, num_steps=2, seed=0, batch_size=2, verbose=1,
+                     sampler=lambda fn, x, sigmas, **k: ka.samplers.sample_euler(fn, x, sigmas))
+    assert "3/3" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Blocked exact nearest-neighbour search with `keras.ops` (method.md §7)."""
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -41,8 +42,19 @@ def _l2_normalize(features, epsilon=1e-12):
     return (features / np.maximum(norms, epsilon)).astype("float32")
 
 
+def _progbar(target, verbose, unit_name="block"):
+    """A `keras.utils.Progbar` when `verbose` is truthy, else `None` (silent)."""
+    if not verbose:
+        return None
+    return keras.utils.Progbar(max(int(target), 1), verbose=1, unit_name=unit_name)
+
+
+def _num_blocks(n, batch_size):
+    return -(-int(n) // int(batch_size))
+
+
 def nearest_neighbors(queries, references, metric="cosine", k=2,
-                      query_batch_size=1024, reference_batch_size=8192):
+                      query_batch_size=1024, reference_batch_size=8192, verbose=0):
     """Exact k nearest neighbours of every query among `references`.
 
     The `(queries x references)` score matrix is never formed: queries and
@@ -61,6 +73,9 @@ def nearest_neighbors(queries, references, metric="cosine", k=2,
         k: neighbours per query (capped at `m`).
         query_batch_size: queries per block.
         reference_batch_size: references per block.
+        verbose: 0 (default) is silent; a truthy value shows a
+            `keras.utils.Progbar` over the `(query block, reference block)`
+            pairs of the search.
 
     Returns:
         A tuple `(values, indices)` of NumPy arrays of shape `(n, min(k, m))`:
@@ -73,6 +88,14 @@ def nearest_neighbors(queries, references, metric="cosine", k=2,
     ratio = values[:, 0] / values[:, 1]   # Carlini et al. ratio test
     ```
     """
+    return _search(queries, references, metric, k, query_batch_size, reference_batch_size,
+                   verbose=verbose)
+
+
+def _search(queries, references, metric, k, query_batch_size, reference_batch_size,
+            verbose=0, progbar=None):
+    """`nearest_neighbors`; `progbar` (a `Progbar` with room for this search's
+    blocks, shared by several searches) overrides `verbose`."""
     check_choice("metric", metric, METRICS)
     k = check_int("k", k, minimum=1)
     query_batch_size = check_int("query_batch_size", query_batch_size, minimum=1)
@@ -95,6 +118,8 @@ def nearest_neighbors(queries, references, metric="cosine", k=2,
         block = r[start:start + reference_batch_size]
         sq = np.sum(block.astype("float64") ** 2, axis=1).astype("float32")
         ref_blocks.append((start, ops.convert_to_tensor(block), ops.convert_to_tensor(sq[None, :])))
+    if progbar is None:
+        progbar = _progbar(_num_blocks(q.shape[0], query_batch_size) * len(ref_blocks), verbose)
 
     all_values, all_indices = [], []
     for qs in range(0, q.shape[0], query_batch_size):
@@ -115,6 +140,8 @@ def nearest_neighbors(queries, references, metric="cosine", k=2,
                 idx = ops.concatenate([best_idx, idx], axis=1)
                 best_val, pos = ops.top_k(val, k=min(k, int(val.shape[1])), sorted=True)
                 best_idx = ops.take_along_axis(idx, pos, axis=1)
+            if progbar is not None:
+                progbar.add(1)
         indices = np.asarray(ops.convert_to_numpy(best_idx), dtype="int64")
         values, indices = _exact_values(q_raw[qs:qs + query_batch_size], r_raw, indices, metric)
         all_values.append(values)

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_ambient import samplers as samplers_lib
 from keras_ambient.data.noise import add_noise
+from keras_ambient.memorization.neighbors import _num_blocks, _progbar
 from keras_ambient.memorization.similarity_index import SimilarityIndex
 from keras_ambient.utils.validation import check_int, check_scalar
 
@@ -64,13 +65,15 @@ class NoiseAttackResult:
         draws = rec.shape[0]
         return rec.reshape((-1,) + rec.shape[2:]), np.tile(self.source_indices, draws)
 
-    def reports(self, references, feature_extractor="pixels", center=False, **kwargs):
+    def reports(self, references, feature_extractor="pixels", center=False, verbose=0, **kwargs):
         """Memorization reports of every reconstruction set.
 
         Args:
             references: the training set (images), or a `SimilarityIndex` of it.
             feature_extractor, center, **kwargs: forwarded to `SimilarityIndex`
                 when `references` is an array.
+            verbose: forwarded to `SimilarityIndex.query` (one progress bar
+                per reconstruction set when truthy).
 
         Returns:
             A dict `{"mmse@sigma=s" / "posterior@sigma=s": MemorizationReport}`;
@@ -90,13 +93,15 @@ class NoiseAttackResult:
                 queries, src = self.reconstructions(kind, float(key))
                 settings = dict(self.settings, kind=kind, sigma=float(key))
                 name = f"{kind}@sigma={key}"
-                out[name] = index.query(queries, source_indices=src, name=name, settings=settings)
+                out[name] = index.query(queries, source_indices=src, name=name, settings=settings,
+                                        verbose=verbose)
         return out
 
 
 def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
                  sampler="euler_ancestral", num_steps=32, sigma_min=0.002, seed=None,
-                 batch_size=256, use_ema=True, source_indices=None, encode=None, decode=None):
+                 batch_size=256, use_ema=True, source_indices=None, encode=None, decode=None,
+                 verbose=0):
     """The noise attack of method.md §7: can the model reconstruct its training
     images from heavily noised copies?
 
@@ -134,6 +139,10 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
             before noising and `decode(latents) -> images` applied to the
             reconstructions (the attack then runs in latent space and the
             reconstructions are compared as images).
+        verbose: 0 (default) is silent; a truthy value shows a
+            `keras.utils.Progbar` over batches: one unit per batch of
+            denoiser calls (MMSE) and per batch of reverse-process runs
+            (each posterior draw), over all levels.
 
     Returns:
         A `NoiseAttackResult`.
@@ -199,22 +208,56 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
     if seed is None:
         base_seed = int(np.random.default_rng().integers(2 ** 31 - 1))
 
+    num_batches = _num_blocks(n, batch_size)
+    bar = _progbar(len(sigmas) * num_batches * (int(bool(mmse)) + (num_draws if posterior else 0)),
+                   verbose, unit_name="batch")
+
+    def tick():
+        if bar is not None:
+            bar.add(1)
+
     if is_model:
-        def denoise_batch(z, s):
-            return denoiser.denoise(z, s, use_ema=use_ema, batch_size=batch_size)
+        def denoise_chunk(chunk, s):
+            m = len(chunk)
+            if n > batch_size and m < batch_size:
+                # Pad the last batch (as `denoise` does) so a compiled network
+                # sees one batch shape; each row is denoised independently.
+                chunk = np.concatenate([chunk, np.zeros((batch_size - m,) + chunk.shape[1:], chunk.dtype)])
+            return denoiser.denoise(chunk, s, use_ema=use_ema, batch_size=batch_size)[:m]
     else:
-        def denoise_batch(z, s):
-            outs = []
-            for i in range(0, len(z), batch_size):
-                chunk = z[i:i + batch_size]
-                out = np.asarray(ops.convert_to_numpy(denoiser(ops.convert_to_tensor(chunk), s)), dtype="float32")
-                if out.shape != chunk.shape:
-                    raise ValueError(
-                        "The denoiser must return an array shaped like its input. "
-                        f"Received: output shape {out.shape} for input shape {chunk.shape}"
-                    )
-                outs.append(out)
-            return np.concatenate(outs, axis=0)
+        def denoise_chunk(chunk, s):
+            out = np.asarray(ops.convert_to_numpy(denoiser(ops.convert_to_tensor(chunk), s)), dtype="float32")
+            if out.shape != chunk.shape:
+                raise ValueError(
+                    "The denoiser must return an array shaped like its input. "
+                    f"Received: output shape {out.shape} for input shape {chunk.shape}"
+                )
+            return out
+
+    def denoise_batch(z, s):
+        outs = []
+        for i in range(0, len(z), batch_size):
+            outs.append(denoise_chunk(z[i:i + batch_size], s))
+            tick()
+        return np.concatenate(outs, axis=0)
+
+    def sample_model(y, s, draw_seed):
+        kwargs = {}
+        if sample_fn in samplers_lib.SAMPLERS.values():
+            last_step = num_steps - 1  # edm_sigmas(num_steps, sigma_min, s) has num_steps moves
+
+            def callback(info):
+                if info["i"] == last_step:
+                    tick()
+
+            if bar is not None:
+                kwargs["callback"] = callback
+        out = denoiser.generate(x_start=y, sigma_start=s, mode="from_input", add_noise=False,
+                                sampler=sampler, num_steps=num_steps, sigma_min=sigma_min,
+                                seed=draw_seed, batch_size=batch_size, use_ema=use_ema, **kwargs)
+        if bar is not None and "callback" not in kwargs:
+            bar.add(num_batches)  # a custom sampler: no per-batch callback
+        return out
 
     noisy, mmse_out, post_out = {}, {}, {}
     for j, s in enumerate(sigmas):
@@ -230,11 +273,10 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
                 if s <= sigma_min:
                     z = denoise_batch(y, s)
                 elif is_model:
-                    z = denoiser.generate(x_start=y, sigma_start=s, mode="from_input", add_noise=False,
-                                          sampler=sampler, num_steps=num_steps, sigma_min=sigma_min,
-                                          seed=draw_seed, batch_size=batch_size, use_ema=use_ema)
+                    z = sample_model(y, s, draw_seed)
                 else:
-                    z = _sample_callable(denoiser, y, s, sample_fn, num_steps, sigma_min, draw_seed, batch_size)
+                    z = _sample_callable(denoiser, y, s, sample_fn, num_steps, sigma_min, draw_seed, batch_size,
+                                         tick)
                 draws.append(to_images(z))
             post_out[key] = np.stack(draws, axis=0)
     settings = {
@@ -247,7 +289,7 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
                              noisy=noisy, mmse=mmse_out, posterior=post_out, settings=settings)
 
 
-def _sample_callable(fn, y, sigma_start, sample_fn, num_steps, sigma_min, seed, batch_size):
+def _sample_callable(fn, y, sigma_start, sample_fn, num_steps, sigma_min, seed, batch_size, tick=None):
     sigmas = samplers_lib.edm_sigmas(num_steps, sigma_min, sigma_start)
     seed_gen = keras.random.SeedGenerator(seed)
     kwargs = {}
@@ -257,4 +299,6 @@ def _sample_callable(fn, y, sigma_start, sample_fn, num_steps, sigma_min, seed, 
     for i in range(0, len(y), batch_size):
         out = sample_fn(fn, ops.convert_to_tensor(y[i:i + batch_size]), sigmas, **kwargs)
         outs.append(np.asarray(ops.convert_to_numpy(out), dtype="float32"))
+        if tick is not None:
+            tick()
     return np.concatenate(outs, axis=0)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from keras_ambient.memorization.features import _extract_features, get_feature_extractor
-from keras_ambient.memorization.neighbors import nearest_neighbors
+from keras_ambient.memorization.neighbors import _num_blocks, _progbar, _search
 from keras_ambient.memorization.report import MemorizationReport, _threshold_key
 from keras_ambient.utils.validation import check_int, check_scalar
 
@@ -82,7 +82,7 @@ class SimilarityIndex:
             )
         return feats - self.mean_feature
 
-    def query(self, queries, source_indices=None, name="queries", settings=None):
+    def query(self, queries, source_indices=None, name="queries", settings=None, verbose=0):
         """Memorization report of `queries` against the indexed training set.
 
         Args:
@@ -91,6 +91,9 @@ class SimilarityIndex:
                 query was made from (noise attack); adds `source_match_rate`.
             name: label of the report.
             settings: extra JSON-able settings to record in the report.
+            verbose: 0 (default) is silent; a truthy value shows a
+                `keras.utils.Progbar` over the blocks of the two searches
+                (cosine and L2). Feature extraction is not included.
 
         Returns:
             A `MemorizationReport`.
@@ -114,9 +117,11 @@ class SimilarityIndex:
                     f"`source_indices` must index the {self.num_references} references. "
                     f"Received: values in [{source_indices.min()}, {source_indices.max()}]"
                 )
-        kw = dict(query_batch_size=self.query_batch_size, reference_batch_size=self.reference_batch_size)
-        sim, idx = nearest_neighbors(feats, self.reference_features, metric="cosine", k=1, **kw)
-        dist, idx_l2 = nearest_neighbors(feats, self.reference_features, metric="l2", k=2, **kw)
+        blocks = _num_blocks(n, self.query_batch_size) * _num_blocks(self.num_references, self.reference_batch_size)
+        kw = dict(query_batch_size=self.query_batch_size, reference_batch_size=self.reference_batch_size,
+                  progbar=_progbar(2 * blocks, verbose))
+        sim, idx = _search(feats, self.reference_features, "cosine", 1, **kw)
+        dist, idx_l2 = _search(feats, self.reference_features, "l2", 2, **kw)
         sim, idx = sim[:, 0], idx[:, 0]
         d1, d2 = dist[:, 0], dist[:, 1]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -148,7 +153,8 @@ class SimilarityIndex:
 
 def measure_similarity(queries, references, feature_extractor="pixels", center=False,
                        source_indices=None, name="queries", thresholds=DEFAULT_THRESHOLDS,
-                       ratio_threshold=1.0 / 3.0, query_batch_size=1024, reference_batch_size=8192):
+                       ratio_threshold=1.0 / 3.0, query_batch_size=1024, reference_batch_size=8192,
+                       verbose=0):
     """Memorization report of `queries` against a training set (one shot).
 
     Same as `SimilarityIndex(references, ...).query(queries, ...)`; build a
@@ -159,7 +165,7 @@ def measure_similarity(queries, references, feature_extractor="pixels", center=F
         references: the training images `(m, ...)`, `m >= 2`.
         feature_extractor, center, thresholds, ratio_threshold,
         query_batch_size, reference_batch_size: see `SimilarityIndex`.
-        source_indices, name: see `SimilarityIndex.query`.
+        source_indices, name, verbose: see `SimilarityIndex.query`.
 
     Returns:
         A `MemorizationReport`.
@@ -173,7 +179,7 @@ def measure_similarity(queries, references, feature_extractor="pixels", center=F
     index = SimilarityIndex(references, feature_extractor=feature_extractor, center=center,
                             thresholds=thresholds, ratio_threshold=ratio_threshold,
                             query_batch_size=query_batch_size, reference_batch_size=reference_batch_size)
-    return index.query(queries, source_indices=source_indices, name=name)
+    return index.query(queries, source_indices=source_indices, name=name, verbose=verbose)
 
 
 def _describe(fe):

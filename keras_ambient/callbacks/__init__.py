@@ -1,2 +1,3 @@
 from keras_ambient.callbacks.terminate_on_non_finite import TerminateOnNonFinite
 from keras_ambient.callbacks.sample_grid import SampleGrid
+from keras_ambient.callbacks.backup_and_restore import BackupAndRestore

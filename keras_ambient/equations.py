@@ -110,6 +110,16 @@ def consistency_product(denoised_1, denoised_2, target):
     return ops.mean(prod, axis=axes) if axes else prod
 
 
+def strict_lower_bound(sigma_lower):
+    """The smallest training level used above `sigma_lower`: `sigma_lower (1 + 1e-4) + 1e-6`.
+
+    Float32 rounding of a draw conditioned on `sigma_t > sigma_n` can land
+    exactly on `sigma_n`, where the ambient scale `a` of M3 is 0; every
+    training-level sampler clamps its draws to this bound instead.
+    """
+    return sigma_lower * (1.0 + 1e-4) + 1e-6
+
+
 def truncated_log_normal_sigma(uniform, sigma_lower, p_mean, p_std, sigma_upper=None):
     """Inverse-CDF draw of `ln sigma ~ N(p_mean, p_std)` restricted to `sigma > sigma_lower`.
 
@@ -125,7 +135,7 @@ def truncated_log_normal_sigma(uniform, sigma_lower, p_mean, p_std, sigma_upper=
     z = math.sqrt(2.0) * ops.erfinv(2.0 * p - 1.0)
     sigma = ops.exp(p_mean + p_std * z)
     # Float32 rounding of the CDF can land exactly on the bound: keep sigma_t > sigma_n.
-    sigma = ops.maximum(sigma, sigma_lower * (1.0 + 1e-4) + 1e-6)
+    sigma = ops.maximum(sigma, strict_lower_bound(sigma_lower))
     if sigma_upper is not None:
         sigma = ops.minimum(sigma, sigma_upper)
     return sigma

@@ -152,17 +152,20 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         model = self.model
         if model is None:
             return
-        for v in model.weights:
-            if "float" not in str(v.dtype):
-                continue  # counters (ema_step)
-            finite = keras.ops.all(keras.ops.isfinite(v))
-            if bool(np.asarray(keras.ops.convert_to_numpy(finite))):
-                continue
-            when = "at the end of" if batch is None else "during"
-            raise FloatingPointError(
-                f"Training diverged {when} {self._where(batch)}: the weight "
-                f"'{v.path}'{_owner(model, v)} holds NaN/Inf values." + self._causes()
-            )
+        weights = [v for v in model.weights if "float" in str(v.dtype)]  # not ema_step
+        if not weights:
+            return
+        # One reduction per weight, one host transfer for all of them.
+        finite = keras.ops.stack([keras.ops.all(keras.ops.isfinite(v)) for v in weights])
+        finite = np.asarray(keras.ops.convert_to_numpy(finite))
+        if finite.all():
+            return
+        v = weights[int(np.argmin(finite))]  # the first non-finite weight
+        when = "at the end of" if batch is None else "during"
+        raise FloatingPointError(
+            f"Training diverged {when} {self._where(batch)}: the weight "
+            f"'{v.path}'{_owner(model, v)} holds NaN/Inf values." + self._causes()
+        )
 
 
 def _owner(model, variable):

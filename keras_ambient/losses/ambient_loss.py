@@ -94,7 +94,7 @@ class AmbientLoss:
             return equations.truncated_log_normal_sigma(
                 u, sigma_n, self.p_mean, self.p_std, sigma_upper=self.sigma_max
             )
-        low = sigma_n * (1.0 + 1e-4) + 1e-6
+        low = equations.strict_lower_bound(sigma_n)
         return low + u * ops.maximum(self.sigma_max - low, 0.0)
 
     def weight(self, sigma_t, sigma_n):

@@ -2,6 +2,7 @@
 
 import os
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -34,8 +35,6 @@ def encode_images(encode_fn, images, batch_size=16, cache_path=None, verbose=0):
     noisy = ka.data.add_noise(latents, sigma=0.5, seed=0)
     ```
     """
-    import keras
-
     batch_size = check_int("batch_size", batch_size, minimum=1)
     images = np.asarray(images, dtype="float32")
     if cache_path is not None and os.path.exists(cache_path):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_ambient import equations
 from keras_ambient.utils.validation import check_choice, check_int, check_scalar
 
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
@@ -121,7 +122,7 @@ class VPSchedule:
         t = lower + uniform * (top - lower)
         sigma = self.timestep_to_sigma(t)
         sigma_lower = ops.convert_to_tensor(sigma_lower, dtype="float32")
-        return ops.maximum(sigma, sigma_lower * (1.0 + 1e-4) + 1e-6)
+        return ops.maximum(sigma, equations.strict_lower_bound(sigma_lower))
 
     def get_config(self):
         if self._explicit:

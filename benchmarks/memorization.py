@@ -1,4 +1,4 @@
-"""Benchmark: does ambient training reduce memorization? (method.md §7, issue 3)
+"""Benchmark: does ambient training reduce memorization? (docs/method.md §7, issue 3)
 
 Trains, on the SAME small training set (default: 300 digits), a model on the
 clean images (sigma_n = 0) and models with the ambient loss + consistency on

@@ -5,7 +5,7 @@ Trains `ka.AmbientDiffusion` (MLP denoiser, ambient + consistency loss) on
 noisy samples of the 8-component circle mixture for `--steps` optimizer steps
 and prints, every `--window` steps, the mean / std / min / max of the per-step
 loss, the number of non-finite losses, and the error of the EMA denoiser
-against the closed-form posterior mean `E[x0 | x_0.5]` (method.md §8). Also
+against the closed-form posterior mean `E[x0 | x_0.5]` (docs/method.md §8). Also
 checks the weights for NaN/Inf at every window. Writes the table as JSON.
 
 A run is healthy when the NaN count is 0, the window means level off, and the

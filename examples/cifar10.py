@@ -81,6 +81,7 @@ def load_images(smoke):
         rng = np.random.default_rng(0)
         coarse = rng.uniform(-1, 1, size=(32, 4, 4, 3)).astype("float32")
         return np.clip(coarse.repeat(8, axis=1).repeat(8, axis=2), -1, 1)
+    import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
     import keras
 
     (x_train, _), _ = keras.datasets.cifar10.load_data()
@@ -88,6 +89,7 @@ def load_images(smoke):
 
 
 def train_one(x_clean, sigma_n, args):
+    import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
     import keras
     import numpy as np
 

@@ -26,10 +26,13 @@ Usage:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
+if importlib.util.find_spec("tensorflow") is None:  # e.g. a JAX-only environment
+    sys.exit("This example needs TensorFlow: bash scripts/setup_env.sh tensorflow (or all).")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -28,10 +28,13 @@ Usage (CPU: gloo; GPUs: nccl, one process per GPU):
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
+if importlib.util.find_spec("torch") is None:  # e.g. a JAX-only environment
+    sys.exit("This example needs PyTorch: bash scripts/setup_env.sh torch (or all).")
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained Stable Diffusion on images noised at a chosen level (method.md §6).
+"""Fine-tune a pretrained Stable Diffusion on images noised at a chosen level (docs/method.md §6).
 
 The paper's headline experiment: encode every training image once with the
 frozen VAE, noise each latent ONCE at `sigma_n` with a fixed seed, fine-tune
@@ -166,6 +166,7 @@ def keras_cv_components(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
     import keras
     import numpy as np
 

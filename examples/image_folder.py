@@ -57,6 +57,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
     import keras
     import numpy as np
 

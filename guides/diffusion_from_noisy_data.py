@@ -27,7 +27,7 @@ applied once to `x0` and once to `y`, links the two posterior means:
 
 So for every `sigma_t > sigma_n` we can noise `y` further to `x_t` and train
 `D(x_t; sigma_t)` through this combination to predict `y`: the minimiser is the
-clean denoiser (equation M3 of `method.md`). Below `sigma_n` a second loss,
+clean denoiser (equation M3 of `docs/method.md`). Below `sigma_n` a second loss,
 the *consistency* loss, extends `D` (guide 2 covers it).
 
 In this guide we:
@@ -50,6 +50,7 @@ import json
 import os
 import time
 
+import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
 import keras
 import numpy as np
 
@@ -143,7 +144,7 @@ naive = train(
 )
 ambient = train(
     ka.AmbientDiffusion(
-        make_network(), sigma_n=SIGMA_N, consistency_weight=1.0, seed=0, name="ambient"
+        make_network(), sigma_n=SIGMA_N, seed=0, name="ambient"  # default consistency weight
     )
 )
 

@@ -21,7 +21,7 @@ Pretrained models do not use EDM's variance-exploding (VE) form. Stable
 Diffusion 1.x/2.x/XL predict the noise `eps` of the VP process
 `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`; Stable Diffusion 3 predicts the
 velocity `v = eps - x0` of the rectified flow `x_t = (1 - t) x0 + t eps`.
-Every such process is VE after a rescaling (method.md §6):
+Every such process is VE after a rescaling (docs/method.md §6):
 `x_ve = x_t / alpha_t`, `sigma = beta_t / alpha_t`. keras_ambient therefore
 wraps a pretrained network in a *denoiser layer* that takes VE inputs and
 returns `x0_hat`:
@@ -48,6 +48,7 @@ numbers it prints mean nothing.
 import json
 import os
 
+import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
 import keras
 import numpy as np
 

@@ -18,7 +18,7 @@ network trained long enough on few images moves towards it and starts to
 copy: Carlini et al. (2023) and Somepalli et al. (2023) extracted near-exact
 training images from large text-to-image models.
 
-Two ways to measure it (method.md section 7):
+Two ways to measure it (docs/method.md section 7):
 
 - **Generated samples.** For each sample, find the most similar training image
   (cosine similarity of features) and count how often it is above 0.95
@@ -56,6 +56,7 @@ import json
 import os
 import time
 
+import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
 import keras
 import numpy as np
 

@@ -33,6 +33,7 @@ In keras_ambient, give the levels with the data: `fit((y, sigma_n))`,
 import json
 import os
 
+import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
 import keras
 import numpy as np
 
@@ -108,8 +109,7 @@ def make_model(name):
         network,
         sigma_n=SIGMA_N,
         sigma_data=sigma_data,
-        consistency_weight=1.0,
-        seed=0,
+        seed=0,  # the library's default consistency weight
         name=name,
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))

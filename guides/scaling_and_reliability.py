@@ -36,6 +36,7 @@ import os
 import shutil
 import zipfile
 
+import keras_ambient.utils.backend_choice  # noqa: F401  (first: picks a backend if none is set)
 import keras
 import numpy as np
 

@@ -1,4 +1,9 @@
-"""`python -m keras_ambient ...`: the `keras-ambient` command line."""
+"""`python -m keras_ambient ...`: the `keras-ambient` command line.
+
+`keras_ambient/__init__.py` runs first: it reads the command line with
+`keras_ambient.cli.prepare` before it imports Keras (fast `--help` and
+argument errors; `--backend` sets `KERAS_BACKEND`), then this runs the command.
+"""
 
 import sys
 

@@ -13,9 +13,15 @@ Commands:
 - `estimate-noise DATA`: estimates the noise level of a dataset.
 
 Run `keras-ambient COMMAND --help` for the options. Keras is imported only
-after the command line is read, so `--backend` can choose the backend (when
-Keras was already imported with another backend, the command restarts itself
-with `KERAS_BACKEND` set).
+after the command line is read: for `keras-ambient` (the console script,
+`keras_ambient_launcher:main`) and `python -m keras_ambient`,
+`keras_ambient/__init__.py` calls `prepare` before it imports Keras, so
+`--help` and argument errors are answered at once and `--backend` sets
+`KERAS_BACKEND`; without `--backend`, an unconfigured or missing backend is
+replaced by an installed one (`keras_ambient.utils.backend_choice`). When
+`main()` runs in a process whose Keras already uses another backend, the
+command restarts itself with `KERAS_BACKEND` set. This module imports only the
+standard library at the top (it runs before Keras).
 """
 
 import argparse
@@ -132,9 +138,9 @@ def build_parser():
                    help="total optimizer steps instead of --epochs (rounded up to whole epochs)")
     t.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
     t.add_argument("--learning-rate", type=_positive_float, default=5e-4, help="Adam learning rate (default 5e-4)")
-    t.add_argument("--consistency-weight", type=_non_negative_float, default=0.1,
-                   help="weight of the consistency loss (default 0.1; 0 disables it: faster, "
-                   "truncated sampling only)")
+    t.add_argument("--consistency-weight", type=_non_negative_float, default=None,
+                   help="weight of the consistency loss (default: the library's, "
+                   "ka.AmbientDiffusion's consistency_weight; 0 disables it: faster, truncated sampling only)")
     t.add_argument("--sigma-data", type=_float_or_auto, default="auto",
                    help="std of the clean data, or 'auto' = sqrt(var(y) - sigma_n^2) (default)")
     t.add_argument("--base-channels", type=_positive_int, default=32, help="UNet width (default 32)")
@@ -190,10 +196,77 @@ def build_parser():
 
 
 # ----------------------------------------------------------------- backend
+# The modules whose `python -m` runs this command line.
+_CLI_MODULES = ("keras_ambient", "keras_ambient.__main__", "keras_ambient.cli")
+
+
+def _module_being_run():
+    """For `python -m MODULE` while Python is still locating MODULE (it imports the
+    parent packages then, with `sys.argv[0] == "-m"`): MODULE, or "" when the
+    original command line does not show it. Otherwise None."""
+    if sys.argv[:1] != ["-m"]:
+        return None
+    args = list(getattr(sys, "orig_argv", []))[1:]
+    for i, arg in enumerate(args):
+        if arg == "-m":
+            return args[i + 1] if i + 1 < len(args) else ""
+        if arg.startswith("-m"):
+            return arg[2:]
+    return ""
+
+
+def launched_from_command_line():
+    """Whether this process is `keras-ambient ...` or `python -m keras_ambient ...`
+    and Keras is not imported yet (then `keras_ambient/__init__.py` calls `prepare`)."""
+    if "keras" in sys.modules:
+        return False
+    if getattr(sys.modules.get("keras_ambient_launcher"), "LAUNCHING", False):
+        return True
+    module = _module_being_run()
+    return module is not None and (module == "" or module in _CLI_MODULES)
+
+
+def prepare(argv=None):
+    """Reads the command line before Keras is imported; returns the parsed arguments.
+
+    `--help` and argument errors exit here (fast: no Keras import). Then
+    `--backend B` sets `KERAS_BACKEND=B` (an error when B is not installed);
+    without it, `keras_ambient.utils.backend_choice.choose_backend()` replaces
+    an unconfigured or missing backend by an installed one (jax, torch, then
+    tensorflow) and says so on stderr.
+    """
+    from keras_ambient.utils import backend_choice
+
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.command is None:
+        parser.print_help()
+        raise SystemExit(2)
+    if args.backend is None:
+        backend_choice.choose_backend()
+    elif not backend_choice.is_installed(args.backend):
+        parser.exit(2, f"keras-ambient {args.command}: error: {_not_installed(args.backend)}\n")
+    else:
+        os.environ["KERAS_BACKEND"] = args.backend
+    return args
+
+
+def _not_installed(backend):
+    from keras_ambient.utils import backend_choice
+
+    installed = ", ".join(backend_choice.installed_backends()) or "none"
+    return (f"the '{backend}' backend is not installed (installed backends: {installed}). "
+            f"Received: --backend {backend}")
+
+
 def _select_backend(backend, allow_reexec):
     """Makes `backend` the Keras backend (before Keras is used)."""
     if backend is None:
         return
+    from keras_ambient.utils import backend_choice
+
+    if not backend_choice.is_installed(backend):
+        raise CLIError(_not_installed(backend))
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = backend
         return
@@ -489,10 +562,8 @@ def cmd_train(args):
     info["sigma_data"] = float(sigma_data)
 
     network = _build_network(tuple(y.shape[1:]), args)
-    model = ka.AmbientDiffusion(
-        network, sigma_n=sigma_n, sigma_data=sigma_data, consistency_weight=args.consistency_weight,
-        seed=args.seed,
-    )
+    weight = {} if args.consistency_weight is None else {"consistency_weight": args.consistency_weight}
+    model = ka.AmbientDiffusion(network, sigma_n=sigma_n, sigma_data=sigma_data, seed=args.seed, **weight)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
 
     batch_size = min(args.batch_size, len(y))
@@ -500,7 +571,7 @@ def cmd_train(args):
     epochs = args.epochs if args.steps is None else int(math.ceil(args.steps / steps_per_epoch))
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
-    mode = "full" if (args.consistency_weight > 0 or sigma_n == 0) else "truncated"
+    mode = "full" if (model.consistency_weight > 0 or sigma_n == 0) else "truncated"
     grid = SampleGrid(os.path.join(out, "samples"), every_n_epochs=min(args.grid_every, epochs),
                       num_samples=args.grid_samples, seed=args.seed, mode=mode,
                       num_steps=args.grid_steps)
@@ -524,7 +595,7 @@ def cmd_train(args):
         command="train",
         backend=keras.backend.backend(),
         keras_ambient_version=ka.__version__,
-        consistency_weight=args.consistency_weight,
+        consistency_weight=model.consistency_weight,
         epochs=epochs,
         steps=epochs * steps_per_epoch,
         batch_size=batch_size,

@@ -1,4 +1,4 @@
-"""The equations of the method, each in one place (method.md M1-M5).
+"""The equations of the method, each in one place (docs/method.md M1-M5).
 
 Every function is written in the variance-exploding (VE) form of EDM,
 `x_t = x0 + sigma_t * z`, with `keras.ops` so it runs on JAX, PyTorch and
@@ -67,14 +67,14 @@ def noisy_data_prediction(denoised, x_t, sigma_t, sigma_n):
 
 
 def edm_loss_weight(sigma, sigma_data):
-    """EDM's `lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2` (method.md §3)."""
+    """EDM's `lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2` (docs/method.md §3)."""
     (sigma,) = _tensors(sigma)
     sd2 = float(sigma_data) ** 2
     return (ops.square(sigma) + sd2) / (ops.square(sigma) * sd2)
 
 
 def ambient_scale(sigma_t, sigma_n):
-    """`a = (sigma_t^2 - sigma_n^2) / sigma_t^2` of method.md §3.
+    """`a = (sigma_t^2 - sigma_n^2) / sigma_t^2` of docs/method.md §3.
 
     `||y_hat - y||^2 = a^2 ||D - x0_target||^2`.
     """
@@ -94,6 +94,44 @@ def reverse_step(x_t, x0_hat, t, s, noise):
     s_b = expand_to(s, x_t)
     std = s_b * ops.sqrt(ops.maximum(1.0 - ratio, 0.0))
     return x0_hat + ratio * (x_t - x0_hat) + std * noise
+
+
+def reverse_sde_step(x, denoised, a, b, noise):
+    """§4: one Euler–Maruyama step of the VE reverse SDE from level `a` down to `b < a`.
+
+    `x_b = x + 2 (b - a)(x - D(x; a)) / a + sqrt(2 (a - b) a) z`, with
+    `denoised = D(x; a)`. Unlike M5 it is exact in neither mean nor law for a
+    finite step; its error vanishes as the steps shrink.
+    """
+    x, denoised, a, b, noise = _tensors(x, denoised, a, b, noise)
+    a_b, b_b = expand_to(a, x), expand_to(b, x)
+    drift = 2.0 * (b_b - a_b) * (x - denoised) / ops.maximum(a_b, _TINY_SIGMA)
+    std = ops.sqrt(ops.maximum(2.0 * (a_b - b_b) * a_b, 0.0))
+    return x + drift + std * noise
+
+
+def chain_levels(t, s, num_steps, spacing="edm", rho=7.0):
+    """§4: the levels `t = l_0 > l_1 > ... > l_K = s` of a `K = num_steps` reverse chain.
+
+    `spacing="edm"`: `l_k = (t^(1/rho) + k/K (s^(1/rho) - t^(1/rho)))^rho`
+    (EDM's schedule between `t` and `s`: short steps near `s`);
+    `"geometric"`: `l_k = t (s/t)^(k/K)`; `"linear"`: `l_k = t + k/K (s - t)`.
+    `t` and `s` are per-sample vectors; returns a list of `K + 1` of them.
+    """
+    t, s = _tensors(t, s)
+    levels = [t]
+    for k in range(1, num_steps):
+        f = k / num_steps
+        if spacing == "linear":
+            level = t + f * (s - t)
+        elif spacing == "geometric":
+            level = t * ops.power(s / t, f)
+        else:
+            ti, si = ops.power(t, 1.0 / rho), ops.power(s, 1.0 / rho)
+            level = ops.power(ti + f * (si - ti), rho)
+        levels.append(level)
+    levels.append(s)
+    return levels
 
 
 def consistency_product(denoised_1, denoised_2, target):
@@ -142,7 +180,7 @@ def truncated_log_normal_sigma(uniform, sigma_lower, p_mean, p_std, sigma_upper=
 
 
 # --------------------------------------------------------------------------
-# method.md §6: other parameterizations. A process x_t = alpha x0 + beta eps
+# docs/method.md §6: other parameterizations. A process x_t = alpha x0 + beta eps
 # maps to VE by x_ve = x_t / alpha and sigma = beta / alpha, so M1-M5 above are
 # computed once, in VE coordinates, for every parameterization.
 

@@ -1,4 +1,4 @@
-"""Samplers: small functions over an explicit `sigmas` array (method.md §5).
+"""Samplers: small functions over an explicit `sigmas` array (docs/method.md §5).
 
 In the style of k-diffusion: each sampler takes `denoise_fn(x, sigma) -> x0_hat`
 (sigma a Python float; the function broadcasts it), an initial `x` at
@@ -20,7 +20,7 @@ from keras_ambient.utils.validation import check_int, check_scalar
 
 
 def edm_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0, append_zero=True):
-    """EDM's noise-level schedule (method.md §5).
+    """EDM's noise-level schedule (docs/method.md §5).
 
     `sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho` for
     `i = 0..N-1`, followed by `sigma_N = 0` when `append_zero`.

@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh jax
 . .venv/bin/activate
-export KERAS_BACKEND="${KERAS_BACKEND:-jax}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TF_CPP_MIN_LOG_LEVEL=3
+# Independent of the user's KERAS_BACKEND and ~/.keras/keras.json: jax (the backend
+# installed above) and Keras's default config in .venv/keras_home. For another
+# backend: KERAS_BACKEND=torch python examples/noisy_digits.py.
+export KERAS_BACKEND=jax KERAS_HOME="$PWD/.venv/keras_home" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TF_CPP_MIN_LOG_LEVEL=3
 python examples/noisy_digits.py --output-dir outputs/noisy_digits "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the virtual environment .venv and installs keras_ambient
-# with the pinned CPU stack measured to work together (see ../shared/environment.md).
+# with a pinned CPU stack that was measured to install and work together.
 # Usage: bash scripts/setup_env.sh [jax|torch|tensorflow|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +14,13 @@ python -m pip install -q --upgrade pip >/dev/null
 COMMON=("keras==3.15.1" "numpy>=2,<2.5" "scikit-learn==1.9.1" "matplotlib==3.11.2" "pillow" "pytest==9.2.0")
 # torch==2.13.0 is the CPU wheel (an unpinned torch pulls a multi-GB CUDA build);
 # GPU users install their own torch/jax/tensorflow instead.
+# CHECK_BACKEND: a backend installed here, for the import check at the end (without
+# KERAS_BACKEND and ~/.keras/keras.json, Keras would try TensorFlow).
 case "$WHICH" in
-  jax) BACKENDS=("jax[cpu]==0.10.2") ;;
-  torch) BACKENDS=("torch==2.13.0") ;;
-  tensorflow) BACKENDS=("tensorflow-cpu==2.21.0") ;;
-  all) BACKENDS=("jax[cpu]==0.10.2" "torch==2.13.0" "tensorflow-cpu==2.21.0") ;;
+  jax) BACKENDS=("jax[cpu]==0.10.2"); CHECK_BACKEND=jax ;;
+  torch) BACKENDS=("torch==2.13.0"); CHECK_BACKEND=torch ;;
+  tensorflow) BACKENDS=("tensorflow-cpu==2.21.0"); CHECK_BACKEND=tensorflow ;;
+  all) BACKENDS=("jax[cpu]==0.10.2" "torch==2.13.0" "tensorflow-cpu==2.21.0"); CHECK_BACKEND=jax ;;
   *) echo "usage: $0 [jax|torch|tensorflow|all]" >&2; exit 2 ;;
 esac
 python -m pip install -q --no-compile "${COMMON[@]}" "${BACKENDS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
@@ -32,4 +34,4 @@ if [ "$WHICH" = all ]; then
   python -m pip install -q --no-compile "tensorflow-datasets" "dm-tree" 2>&1 | grep -v "^WARNING: Location" || true
 fi
 python -m pip install -q --no-deps -e . > .venv/install_editable.log 2>&1 || { cat .venv/install_editable.log; exit 1; }
-python -c "import keras_ambient, keras; print('keras_ambient', keras_ambient.__version__, 'keras', keras.__version__)"
+KERAS_BACKEND=$CHECK_BACKEND python -c "import keras_ambient, keras; print('keras_ambient', keras_ambient.__version__, 'keras', keras.__version__, 'backend', keras.backend.backend())"

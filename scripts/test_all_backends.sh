@@ -6,7 +6,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh all || exit 1
 . .venv/bin/activate
-export OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
+# KERAS_BACKEND is set per run below; KERAS_HOME keeps the user's ~/.keras/keras.json
+# (floatx, image_data_format) out of the tests.
+export OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1 KERAS_HOME="$PWD/.venv/keras_home"
 status=0
 for backend in jax torch tensorflow; do
   echo "=================== KERAS_BACKEND=$backend ==================="

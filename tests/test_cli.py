@@ -181,7 +181,8 @@ def test_train_images_warns_on_wrong_sigma(capsys, tmp_path):
 @pytest.mark.one_backend
 @pytest.mark.slow
 def test_module_entry_point_switches_backend(tmp_path):
-    """`python -m keras_ambient --backend B` restarts itself with KERAS_BACKEND=B."""
+    """`python -m keras_ambient --backend B` trains on B although KERAS_BACKEND says another
+    (keras_ambient/__init__.py reads --backend before it imports Keras)."""
     other = [b for b in cli.BACKENDS if b != keras.backend.backend()][0]
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), OMP_NUM_THREADS="1",
                TF_CPP_MIN_LOG_LEVEL="3")

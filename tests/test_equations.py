@@ -1,4 +1,4 @@
-"""M1-M5 against NumPy and closed forms (method.md §8)."""
+"""M1-M5 against NumPy and closed forms (docs/method.md §8)."""
 
 import math
 
@@ -76,7 +76,7 @@ def test_reverse_step_is_exact_in_law_given_x0():
 
 
 def test_consistency_product_is_unbiased_and_one_draw_square_is_not():
-    """E[(a1 - c).(a2 - c)] = ||E a - c||^2 for independent draws (method.md §8)."""
+    """E[(a1 - c).(a2 - c)] = ||E a - c||^2 for independent draws (docs/method.md §8)."""
     rng = np.random.default_rng(3)
     n, dim = 50000, 4
     mu, c, std = np.array([0.3, -0.2, 0.1, 0.0]), np.zeros(4), 0.5

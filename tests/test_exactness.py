@@ -1,4 +1,4 @@
-"""Trained models against closed forms (method.md §3, §8).
+"""Trained models against closed forms (docs/method.md §3, §8).
 
 On Gaussian data x0 ~ N(0, s^2 I) noised at sigma_n, a denoiser trained with
 the ambient loss must learn the CLEAN posterior mean s^2/(s^2+t^2) x at

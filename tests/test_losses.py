@@ -102,15 +102,16 @@ def test_uniform_noise_distribution_bounds():
 
 @pytest.mark.parametrize("start, num_steps", [("ambient", 1), ("ambient", 3), ("data", 1), ("data", 2)])
 def test_consistency_loss_vanishes_for_the_exact_denoiser(start, num_steps):
-    """For Gaussian data the exact denoiser is a martingale under M5 (its mean is
-    exact and D is linear), so the unbiased M4 estimator averages to zero."""
+    """For Gaussian data the exact denoiser is a martingale under M5 moves (their
+    mean is exact and D is linear), so the unbiased M4 estimator averages to zero."""
     sn, n = 0.4, 100_000
     y = gaussian_batch(n, 2, sn, seed=4)
     sig_n = np.full((n,), sn, "float32")
     D = gaussian_denoiser()
     seed = keras.random.SeedGenerator(5)
     amb = ka.losses.AmbientLoss(sigma_data=0.6)(D, y, sig_n, seed=seed)
-    loss = to_numpy(ka.losses.ConsistencyLoss(start=start, num_steps=num_steps)(
+    loss = to_numpy(ka.losses.ConsistencyLoss(start=start, num_steps=num_steps, chain="ddpm",
+                                              batch_fraction=1.0)(
         D, y, sig_n, ambient_output=amb, seed=seed))
     assert loss.shape == (n,)
     assert abs(loss.mean()) < 4 * loss.std() / math.sqrt(n)
@@ -124,7 +125,7 @@ def test_consistency_loss_matches_closed_form_for_a_wrong_denoiser():
     y = gaussian_batch(n, 2, sn, seed=6)
     sig_n = np.full((n,), sn, "float32")
     D = gaussian_denoiser(scale_below=c, threshold=sn - 1e-4)
-    cons = ka.losses.ConsistencyLoss(start="data", num_steps=1)
+    cons = ka.losses.ConsistencyLoss(start="data", num_steps=1, chain="ddpm", batch_fraction=1.0)
     loss = to_numpy(cons(D, y, sig_n, seed=keras.random.SeedGenerator(8)))
     k = S2 / (S2 + sn**2)
     expected = (c - 1) ** 2 * k**2 * np.mean(y**2, axis=1)
@@ -132,10 +133,112 @@ def test_consistency_loss_matches_closed_form_for_a_wrong_denoiser():
     assert expected.mean() > 10 * loss.std() / math.sqrt(n)  # the test can tell
 
 
+def mixture_denoiser(gm):
+    """The exact E[x0 | x_sigma] of a Gaussian mixture (closed form, §8), eager."""
+
+    def D(inputs, training=None):
+        x = np.asarray(to_numpy(inputs[0]), "float64")
+        sigma = np.asarray(to_numpy(inputs[1]), "float64").reshape(-1)
+        return ops.convert_to_tensor(gm.posterior_mean(x, sigma), dtype="float32")
+
+    return D
+
+
+def _chain_z_score(cons, n=60_000, sigma_n=0.2):
+    """M4 mean / standard error for the exact denoiser of 8 Gaussians (std 0.05),
+    starting at y, t = sigma_n: ~N(0, 1) for an honest chain, large for a biased one."""
+    gm = ka.data.GaussianMixture.circle(8, 1.0, 0.05)
+    y = ka.data.add_noise(gm.sample(n, seed=11), sigma_n, seed=12)
+    loss = to_numpy(cons(mixture_denoiser(gm), y, np.full((n,), sigma_n, "float32"),
+                         seed=keras.random.SeedGenerator(13)))
+    assert loss.shape == (n,)
+    return loss.mean() / (loss.std() / math.sqrt(n))
+
+
+def test_default_consistency_chain_is_honest_for_the_exact_mixture_denoiser():
+    """The exact denoiser is a martingale along the true reverse process: with an
+    honest chain (the default: Euler–Maruyama, 7 EDM-spaced steps) the M4 average
+    is within the Monte-Carlo error of zero."""
+    z = _chain_z_score(ka.losses.ConsistencyLoss(batch_fraction=1.0))
+    assert abs(z) < 3.5, z
+
+
+def test_two_linear_m5_moves_are_a_biased_chain():
+    """The old default (2 linearly spaced M5 moves) is exact in mean but not in
+    law: the same test tells it apart from an honest chain."""
+    z = _chain_z_score(ka.losses.ConsistencyLoss(chain="ddpm", spacing="linear", num_steps=2,
+                                                 batch_fraction=1.0))
+    assert z > 6, z
+
+
+def test_reverse_sde_step_matches_the_equation():
+    rng = np.random.default_rng(0)
+    x, d, z = (rng.standard_normal((5, 3)).astype("float32") for _ in range(3))
+    a, b = np.full((5,), 0.3, "float32"), np.linspace(0.05, 0.25, 5).astype("float32")
+    got = to_numpy(equations.reverse_sde_step(x, d, a, b, z))
+    want = x + 2 * (b - a)[:, None] * (x - d) / a[:, None] + np.sqrt(2 * (a - b) * a)[:, None] * z
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spacing", ["edm", "geometric", "linear"])
+def test_chain_levels_run_from_t_to_s_and_decrease(spacing):
+    t = np.array([0.2, 1.0], "float32")
+    s = np.array([0.01, 0.5], "float32")
+    levels = np.stack([to_numpy(v) for v in equations.chain_levels(t, s, 5, spacing, 7.0)])
+    np.testing.assert_allclose(levels[0], t)
+    np.testing.assert_allclose(levels[-1], s)
+    assert np.all(np.diff(levels, axis=0) < 0)
+    if spacing == "edm":  # EDM's schedule between the two ends
+        ramp = np.arange(6)[:, None] / 5
+        want = (t ** (1 / 7) + ramp * (s ** (1 / 7) - t ** (1 / 7))) ** 7
+        np.testing.assert_allclose(levels, want, rtol=1e-5)
+    if spacing == "geometric":
+        np.testing.assert_allclose(levels[1] / levels[0], (s / t) ** 0.2, rtol=1e-5)
+
+
+def test_consistency_sub_batch():
+    cons = ka.losses.ConsistencyLoss(batch_fraction=0.25)
+    assert cons.subbatch_size(32) == 8 and cons.subbatch_size(3) == 1 and cons.subbatch_size(1) == 1
+    y = gaussian_batch(10, 2, 0.3, seed=3)
+    loss = to_numpy(cons(gaussian_denoiser(scale_below=2.0, threshold=0.29), y,
+                         np.full((10,), 0.3, "float32"), seed=1))
+    assert loss.shape == (3,) and np.all(loss != 0)
+    full = ka.losses.ConsistencyLoss(batch_fraction=1.0)
+    assert full.subbatch_size(10) == 10
+
+
+def test_consistency_target_denoiser_drives_the_chain():
+    """With a target denoiser T (e.g. the EMA network), the target is T(y; t) and
+    one M5 move uses T's x0_hat; D(x_s; s) is the trained denoiser. At a fixed s:
+    E[loss | y] = (k_s (k_T + r (1 - k_T)) - k_T)^2 mean(y^2), r = s^2/t^2."""
+    sn, n, s_level = 0.4, 100_000, 0.1
+    y = gaussian_batch(n, 2, sn, seed=4)
+    sig_n = np.full((n,), sn, "float32")
+    cons = ka.losses.ConsistencyLoss(chain="ddpm", num_steps=1, batch_fraction=1.0)
+    cons.sample_lower_level = lambda t, seed: ops.full(ops.shape(t), s_level)
+    exact = gaussian_denoiser()
+    ok = to_numpy(cons(exact, y, sig_n, seed=2, target_denoiser=exact))
+    assert abs(ok.mean()) < 4 * ok.std() / math.sqrt(n)
+    teacher_var = 0.05  # a much smoother teacher
+    loss = to_numpy(cons(exact, y, sig_n, seed=2, target_denoiser=gaussian_denoiser(var=teacher_var)))
+    k_t, k_s, r = teacher_var / (teacher_var + sn**2), S2 / (S2 + s_level**2), s_level**2 / sn**2
+    expected = (k_s * (k_t + r * (1 - k_t)) - k_t) ** 2 * np.mean(y**2)
+    se = loss.std() / math.sqrt(n)
+    assert abs(loss.mean() - expected) < 4 * se and expected > 10 * se
+
+
+def test_consistency_loss_loads_old_configs_as_they_were_trained():
+    old = {"start": "data", "num_steps": 2, "s_distribution": "uniform", "sigma_min": 0.002,
+           "max_gap": None, "stop_gradient_target": True, "backprop_through_chain": False}
+    cons = ka.losses.ConsistencyLoss.from_config(old)
+    assert (cons.chain, cons.spacing, cons.batch_fraction) == ("ddpm", "linear", 1.0)
+
+
 def test_consistency_loss_skips_clean_samples_when_starting_at_the_data():
     y = gaussian_batch(8, 2, 0.0, seed=9)
     D = gaussian_denoiser(scale_below=2.0, threshold=10.0)
-    loss = to_numpy(ka.losses.ConsistencyLoss(start="data")(D, y, np.zeros((8,), "float32"), seed=1))
+    loss = to_numpy(ka.losses.ConsistencyLoss(start="data", batch_fraction=1.0)(
+        D, y, np.zeros((8,), "float32"), seed=1))
     np.testing.assert_array_equal(loss, 0.0)
 
 
@@ -153,7 +256,9 @@ def test_consistency_requires_the_ambient_output_for_ambient_start():
 
 
 @pytest.mark.parametrize("obj", [ka.losses.AmbientLoss(weighting="unbiased", p_mean=-1.0),
-                                 ka.losses.ConsistencyLoss(start="data", num_steps=3, max_gap=0.1)])
+                                 ka.losses.ConsistencyLoss(start="data", num_steps=3, max_gap=0.1,
+                                                           chain="ddpm", spacing="geometric",
+                                                           batch_fraction=0.5)])
 def test_loss_config_round_trip(obj):
     clone = assert_config_round_trip(obj)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
@@ -171,6 +276,11 @@ def test_loss_config_round_trip(obj):
         (ka.losses.ConsistencyLoss, {"num_steps": 0}, "num_steps"),
         (ka.losses.ConsistencyLoss, {"s_distribution": "beta"}, "s_distribution"),
         (ka.losses.ConsistencyLoss, {"max_gap": -0.1}, "max_gap"),
+        (ka.losses.ConsistencyLoss, {"chain": "heun"}, "chain"),
+        (ka.losses.ConsistencyLoss, {"spacing": "cosine"}, "spacing"),
+        (ka.losses.ConsistencyLoss, {"rho": 0.0}, "rho"),
+        (ka.losses.ConsistencyLoss, {"batch_fraction": 0.0}, "batch_fraction"),
+        (ka.losses.ConsistencyLoss, {"batch_fraction": 1.5}, "batch_fraction"),
     ],
 )
 def test_loss_bad_arguments(cls, kwargs, match):

@@ -1,4 +1,4 @@
-"""Tests of keras_ambient.memorization (method.md §7)."""
+"""Tests of keras_ambient.memorization (docs/method.md §7)."""
 
 import json
 
@@ -124,7 +124,7 @@ def _memorizing_denoiser(train):
 
 
 def _gaussian_denoiser(train):
-    """Exact E[x0 | x] for Gaussian data N(mu, S) fitted to `train` (method.md §8)."""
+    """Exact E[x0 | x] for Gaussian data N(mu, S) fitted to `train` (docs/method.md §8)."""
     flat = train.reshape(len(train), -1).astype("float64")
     mu = flat.mean(0)
     cov = np.cov(flat, rowvar=False) + 1e-6 * np.eye(flat.shape[1])

@@ -1,4 +1,4 @@
-"""method.md §6: VP / flow parameterizations against closed forms."""
+"""docs/method.md §6: VP / flow parameterizations against closed forms."""
 
 import math
 

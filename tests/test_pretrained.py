@@ -1,4 +1,4 @@
-"""Fine-tuning pretrained latent models (method.md §6): keras-hub SD3, keras-cv SD, LoRA."""
+"""Fine-tuning pretrained latent models (docs/method.md §6): keras-hub SD3, keras-cv SD, LoRA."""
 
 import os
 

@@ -4,7 +4,7 @@ from keras_ambient.utils.validation import check_int, check_scalar
 
 
 class GaussianMixture:
-    """An isotropic Gaussian mixture with exact denoisers (method.md §8).
+    """An isotropic Gaussian mixture with exact denoisers (docs/method.md §8).
 
     `p0 = sum_k w_k N(mu_k, s_k^2 I)`. Gives samples and the closed forms
     `E[x0 | x_sigma]` (the clean denoiser) and `E[y | x_sigma]` for data noised
@@ -60,9 +60,10 @@ class GaussianMixture:
         return (x, comp) if return_components else x
 
     def _responsibilities(self, x, var):
-        # log N(x; mu_k, var_k I) up to a shared constant.
+        # log N(x; mu_k, var_k I) up to a shared constant; var is (K,) or (N, K).
+        var = np.broadcast_to(var, (len(x), len(self.weights)))
         d2 = ((x[:, None, :] - self.means[None]) ** 2).sum(-1)
-        logp = np.log(self.weights)[None] - 0.5 * d2 / var[None] - 0.5 * self.dim * np.log(var)[None]
+        logp = np.log(self.weights)[None] - 0.5 * d2 / var - 0.5 * self.dim * np.log(var)
         logp -= logp.max(axis=1, keepdims=True)
         r = np.exp(logp)
         return r / r.sum(axis=1, keepdims=True)
@@ -80,10 +81,7 @@ class GaussianMixture:
         sigma = np.asarray(sigma, dtype="float64").reshape(-1, 1)  # (1|N, 1)
         s2 = self.stds[None, :] ** 2  # (1, K)
         var = s2 + sigma ** 2  # (1|N, K)
-        if var.shape[0] == 1:
-            r = self._responsibilities(x, var[0])
-        else:
-            r = np.stack([self._responsibilities(x[i:i + 1], var[i])[0] for i in range(len(x))])
+        r = self._responsibilities(x, var)
         gain = (s2 + float(sigma_n) ** 2) / var  # (1|N, K)
         comp = self.means[None] + gain[..., None] * (x[:, None, :] - self.means[None])
         return (r[..., None] * comp).sum(axis=1).astype("float32")

@@ -4,7 +4,7 @@ from keras_ambient.utils.validation import check_noise_levels
 
 
 def add_noise(x, sigma, seed=None):
-    """Noises data once, as a noisy dataset is observed: `y = x + sigma z` (method.md §1).
+    """Noises data once, as a noisy dataset is observed: `y = x + sigma z` (docs/method.md §1).
 
     The noise is drawn with NumPy from `seed`, so the same seed gives the same
     noisy dataset on every Keras backend (each sample keeps ONE fixed noise

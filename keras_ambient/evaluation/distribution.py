@@ -4,7 +4,7 @@ Used by `benchmarks/mixture_2d.py` to compare generated samples with held-out
 clean data: the sliced Wasserstein distance (overall fit) and the mean
 within-cluster standard deviation (sharpness of a mixture's components; a
 model that learned the noisy data has clusters that are too wide, truncated
-ambient sampling gives clusters that are too narrow, see method.md §8).
+ambient sampling gives clusters that are too narrow, see docs/method.md §8).
 """
 
 import numpy as np

@@ -7,7 +7,7 @@
   digits the raw statistic reads far from 0 on clean images, so it is
   calibrated against clean `reference` images of the same kind: the statistic
   is measured on `reference + s z` for a grid of `s` and inverted. Used both as
-  the residual noise of generated samples (method.md §5: samples of a model
+  the residual noise of generated samples (docs/method.md §5: samples of a model
   that learnt the noisy distribution carry noise ~sigma_n, exact ambient
   samples ~0) and as an estimate of the noise level of a noisy dataset.
 - `estimate_noise_level_pca`: a reference-free estimate from the smallest

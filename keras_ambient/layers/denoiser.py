@@ -8,7 +8,7 @@ class Denoiser(keras.Model):
     Every denoiser takes data in variance-exploding (VE) coordinates,
     `x = x0 + sigma z`, and returns the clean estimate in the same coordinates,
     so the ambient (M3) and consistency (M4) losses and the samplers are written
-    once for all parameterizations (method.md §6). Subclasses implement
+    once for all parameterizations (docs/method.md §6). Subclasses implement
     `denoise(x, sigma, condition, training)` for one parameterization:
     `EDMDenoiser` (M2, networks trained from scratch), `VPDenoiser` (DDPM
     epsilon/v-prediction, e.g. Stable Diffusion 1.x/2.x/XL) and `FlowDenoiser`

@@ -7,7 +7,7 @@ from keras_ambient.utils.validation import check_scalar
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
 class EDMDenoiser(Denoiser):
-    """The preconditioned denoiser `D(x; sigma)` of EDM (method.md M2).
+    """The preconditioned denoiser `D(x; sigma)` of EDM (docs/method.md M2).
 
     `D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s))` estimates
     `E[x0 | x_s = x]`. `F` is any Keras model called as

@@ -10,7 +10,7 @@ from keras_ambient.utils.validation import check_scalar
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
 class FlowDenoiser(Denoiser):
-    """`D(x; sigma)` from a rectified-flow network (method.md §6), e.g. Stable Diffusion 3.
+    """`D(x; sigma)` from a rectified-flow network (docs/method.md §6), e.g. Stable Diffusion 3.
 
     Rectified flow noises `x_t = (1 - t) x0 + t eps` and the network predicts the
     velocity `v = eps - x0` at timestep `timestep_scale * t`. In VE coordinates

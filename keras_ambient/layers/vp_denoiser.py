@@ -11,7 +11,7 @@ PREDICTIONS = ("epsilon", "v", "sample")
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
 class VPDenoiser(Denoiser):
-    """`D(x; sigma)` from a network trained on a VP / DDPM schedule (method.md §6).
+    """`D(x; sigma)` from a network trained on a VP / DDPM schedule (docs/method.md §6).
 
     Pretrained latent models such as Stable Diffusion 1.x/2.x/XL predict the
     noise `eps` (or `v`) of `x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps` at an

@@ -21,7 +21,7 @@ NOISE_DISTRIBUTIONS = ("log_normal", "uniform", "denoiser")
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
 class AmbientLoss:
-    """Ambient denoising score matching, "double Tweedie" (method.md M1, M3).
+    """Ambient denoising score matching, "double Tweedie" (docs/method.md M1, M3).
 
     For each sample `y` observed at noise level `sigma_n`, draws
     `sigma_t > sigma_n`, forms `x_t = y + sqrt(sigma_t^2 - sigma_n^2) z'` (M1),

@@ -1,3 +1,5 @@
+import math
+
 import keras
 from keras import ops
 
@@ -7,20 +9,30 @@ from keras_ambient.utils.validation import check_choice, check_int, check_scalar
 
 STARTS = ("ambient", "data")
 S_DISTRIBUTIONS = ("uniform", "log_uniform")
+CHAINS = ("euler_maruyama", "ddpm")
+SPACINGS = ("edm", "geometric", "linear")
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
 class ConsistencyLoss:
-    """Consistency loss that extends the denoiser below `sigma_n` (method.md M4, M5).
+    """Consistency loss that extends the denoiser below `sigma_n` (docs/method.md §4, M4).
 
     The true denoiser is a martingale along the reverse process:
     `D(x_t; t) = E[D(x_s; s) | x_t]` for `s < t`. From a start point `(x_t, t)`
-    this loss draws a lower level `s`, runs the model's own reverse process
-    (`num_steps` moves of M5) twice independently to get `x_s^1, x_s^2`, and
-    returns the unbiased estimator (M4)
+    this loss draws a lower level `s`, runs the reverse process from `t` to `s`
+    twice independently (`num_steps` moves of `chain` on `spacing`-spaced
+    levels, driven by the denoiser itself) to get `x_s^1, x_s^2`, and returns
+    the unbiased estimator (M4)
     `(D(x_s^1; s) - D(x_t; t)) . (D(x_s^2; s) - D(x_t; t))`
-    (averaged over dimensions), one value per sample. The two `D(x_s; s)`
-    calls are batched into one network evaluation.
+    (averaged over dimensions), one value per sample of the sub-batch. The two
+    `D(x_s; s)` calls are batched into one network evaluation.
+
+    The chain must be honest: driven by the exact denoiser, `E[D(x_s; s) | x_t]`
+    must equal `D(x_t; t)`, or the loss trains `D` away from the truth. One M5
+    move is exact in its mean but not in its law; an Euler–Maruyama chain on
+    EDM-spaced levels converges to the true reverse process as `num_steps`
+    grows. `benchmarks/consistency_chain.py` measures each chain's bias with
+    the exact denoiser of a 2-D Gaussian mixture (results: docs/consistency.md).
 
     Args:
         start: `"data"` (default): start from the training sample `y` at
@@ -28,45 +40,64 @@ class ConsistencyLoss:
             gives no information (clean samples, `sigma_n = 0`, are skipped;
             one extra evaluation of `D(y; sigma_n)` without gradient);
             `"ambient"`: start from the ambient loss's `x_t` at
-            `sigma_t > sigma_n` ("everywhere") and reuse its `D(x_t; t)`, so
-            the total costs 3 network evaluations with gradients per sample.
-            Measured on the 2-D mixture: "data" beat "ambient" at every weight
-            (SWD 0.066 vs 0.072 at weight 1).
-        num_steps: reverse steps of M5 from `t` to `s` (intermediate levels
-            are spaced linearly); more steps make the law of `x_s`, not just its
-            mean, closer to the true reverse process. On the 2-D mixture
-            (`benchmarks/mixture_2d.py --sweep --only steps=`, 2 seeds) 1, 2, 4
-            steps gave SWD 0.061, 0.058, 0.0575 at about 149, 145, 112 steps/s:
-            2 is the default.
+            `sigma_t > sigma_n` ("everywhere") and reuse its `D(x_t; t)`.
+        start_scale: with `start="data"`, the chain starts at
+            `t = start_scale * sigma_n` from `y` noised further to that level
+            (M1), where the ambient loss pins `D` better than at `sigma_n`
+            itself; the chain then runs through `sigma_n` to `s < t`. 1 starts
+            at `y`.
+        chain: the reverse move: `"euler_maruyama"` (default): Euler–Maruyama
+            steps of the VE reverse SDE (`equations.reverse_sde_step`);
+            `"ddpm"`: repeated M5 posterior moves (`equations.reverse_step`).
+        num_steps: moves of the chain from `t` to `s` (each after the first
+            costs one network evaluation without gradient, on twice the
+            sub-batch).
+        spacing: levels of the chain between `t` and `s` (`equations.chain_levels`):
+            `"edm"` (rho-spaced, short steps near `s`), `"geometric"` or
+            `"linear"`.
+        rho: curvature of `spacing="edm"`.
         s_distribution: how `s` is drawn below `t`: `"uniform"` on
             `(s_low, t)` or `"log_uniform"`.
         sigma_min: lowest `s` (`s_low = min(sigma_min, t/2)`).
-        max_gap: if set, `s >= t - max_gap` (small gaps keep the one-step
-            target honest; CDM used 0.05).
-        stop_gradient_target: stop gradients through the target `D(x_t; t)`
-            (a gradient into the target made training diverge in the reference
-            measurements); gradients always flow through both `D(x_s; s)`.
+        max_gap: if set, `s >= t - max_gap` (CDM used 0.05).
+        stop_gradient_target: stop gradients through the target `D(x_t; t)`;
+            gradients always flow through both `D(x_s; s)`.
         backprop_through_chain: let gradients flow through the reverse chain
             (`x_s` depends on `D(x_t; t)` and intermediate evaluations).
+        batch_fraction: the loss is computed on the first
+            `ceil(batch_fraction * batch)` samples of each batch (batches are
+            shuffled by `fit`), which bounds its cost; 1 uses the whole batch.
 
     Example:
     ```python
-    cons = ka.losses.ConsistencyLoss(num_steps=1)
-    amb = ka.losses.AmbientLoss()(denoiser, y, sigma_n, seed=seed)
-    loss = keras.ops.mean(cons(denoiser, y, sigma_n, ambient_output=amb, seed=seed))
+    cons = ka.losses.ConsistencyLoss(num_steps=7, batch_fraction=1.0)
+    loss = keras.ops.mean(cons(denoiser, y, sigma_n, seed=seed))
     ```
+
+    References:
+        - Daras, Dimakis, Daskalakis. "Consistent Diffusion Meets Tweedie:
+          Training Exact Ambient Diffusion Models with Noisy Data". ICML 2024,
+          arXiv:2404.10177.
+        - Daras et al. "Consistent Diffusion Models: Mitigating Sampling Drift
+          by Learning to be Consistent". NeurIPS 2023, arXiv:2302.09057.
     """
 
-    def __init__(self, start="data", num_steps=2, s_distribution="uniform",
-                 sigma_min=0.002, max_gap=None, stop_gradient_target=True,
-                 backprop_through_chain=False):
+    def __init__(self, start="data", start_scale=1.0, chain="euler_maruyama", num_steps=7, spacing="edm",
+                 rho=7.0, s_distribution="uniform", sigma_min=0.002, max_gap=None,
+                 stop_gradient_target=True, backprop_through_chain=False, batch_fraction=0.25):
         self.start = check_choice("start", start, STARTS)
+        self.start_scale = check_scalar("start_scale", start_scale, minimum=1.0)
+        self.chain = check_choice("chain", chain, CHAINS)
         self.num_steps = check_int("num_steps", num_steps, minimum=1)
+        self.spacing = check_choice("spacing", spacing, SPACINGS)
+        self.rho = check_scalar("rho", rho, minimum=0, min_inclusive=False)
         self.s_distribution = check_choice("s_distribution", s_distribution, S_DISTRIBUTIONS)
         self.sigma_min = check_scalar("sigma_min", sigma_min, minimum=0, min_inclusive=False)
         self.max_gap = check_scalar("max_gap", max_gap, minimum=0, min_inclusive=False, allow_none=True)
         self.stop_gradient_target = bool(stop_gradient_target)
         self.backprop_through_chain = bool(backprop_through_chain)
+        self.batch_fraction = check_scalar("batch_fraction", batch_fraction, minimum=0,
+                                           maximum=1, min_inclusive=False)
 
     def sample_lower_level(self, t, seed):
         """Draws `s < t` per sample."""
@@ -78,17 +109,34 @@ class ConsistencyLoss:
             return low + u * (t - low)
         return ops.exp(ops.log(low) + u * (ops.log(t) - ops.log(low)))
 
+    def subbatch_size(self, batch):
+        """Samples of a batch of `batch` that enter the loss: `ceil(batch_fraction * batch)`."""
+        if self.batch_fraction >= 1.0:
+            return batch
+        if isinstance(batch, int):
+            return max(1, math.ceil(self.batch_fraction * batch))
+        # A dynamic batch size (TensorFlow traces with an unknown batch dimension).
+        k = ops.ceil(self.batch_fraction * ops.cast(batch, "float32"))
+        return ops.cast(ops.maximum(k, 1.0), "int32")
+
+    def move(self, x, denoised, a, b, noise):
+        """One move of the chain from level `a` to `b < a` given `denoised = D(x; a)`."""
+        if self.chain == "ddpm":
+            return equations.reverse_step(x, denoised, a, b, noise)
+        return equations.reverse_sde_step(x, denoised, a, b, noise)
+
     def _denoise(self, denoiser, x, sigma, condition, training, grad):
         inputs = [x, sigma] + ([condition] if condition is not None else [])
         out = denoiser(inputs, training=training)
         return out if grad else ops.stop_gradient(out)
 
     def __call__(self, denoiser, y, sigma_n, ambient_output=None, condition=None,
-                 seed=None, training=True):
-        """Computes the per-sample consistency loss (M4), shape `(batch,)`.
+                 seed=None, training=True, target_denoiser=None):
+        """Computes the per-sample consistency loss (M4) on the sub-batch.
 
         Args:
-            denoiser: a callable `D([x, sigma(, condition)])`.
+            denoiser: a callable `D([x, sigma(, condition)])`, trained through
+                both `D(x_s; s)` calls.
             y: batch of noisy training samples.
             sigma_n: their noise levels, shape `(batch,)`.
             ambient_output: the `AmbientLossOutput` of the same batch; required
@@ -96,9 +144,22 @@ class ConsistencyLoss:
             condition: optional condition passed to the denoiser.
             seed: a `keras.random.SeedGenerator` (or int).
             training: forwarded to the denoiser.
+            target_denoiser: if given (e.g. the EMA network), it computes the
+                target `D(x_t; t)` and drives the reverse chain, without
+                gradient; default: `denoiser`.
+
+        Returns:
+            A tensor of shape `(k,)`, `k = subbatch_size(batch)`: the loss of
+            the first `k` samples of the batch.
         """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
+        batch = y.shape[0] if y.shape[0] is not None else ops.shape(y)[0]
+        k = self.subbatch_size(batch)
+        y, sigma_n = y[:k], sigma_n[:k]
+        condition = _take(condition, k)
+        driver = denoiser if target_denoiser is None else target_denoiser
+        own_target = target_denoiser is None and not self.stop_gradient_target
         mask = None
         if self.start == "ambient":
             if ambient_output is None:
@@ -107,39 +168,44 @@ class ConsistencyLoss:
                     "pass `ambient_output` (the AmbientLoss output for this batch). "
                     "Received: ambient_output=None"
                 )
-            x_t, t, denoised_t = ambient_output.x_t, ambient_output.sigma_t, ambient_output.denoised
+            x_t, t = ambient_output.x_t[:k], ambient_output.sigma_t[:k]
+            if target_denoiser is None:
+                denoised_t = ambient_output.denoised[:k]
+            else:
+                denoised_t = self._denoise(driver, x_t, t, condition, training, grad=False)
         else:
             # Start at the data: t = sigma_n; clean samples have nothing below them.
             mask = ops.cast(sigma_n > self.sigma_min, "float32")
-            t = ops.maximum(sigma_n, self.sigma_min)
+            t = ops.maximum(self.start_scale * sigma_n, self.sigma_min)
             x_t = y
-            denoised_t = self._denoise(denoiser, x_t, t, condition, training,
-                                       grad=not self.stop_gradient_target)
+            if self.start_scale > 1.0:
+                noise = keras.random.normal(ops.shape(y), seed=seed)
+                x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
+                                                    equations.expand_to(t, y), noise)
+            denoised_t = self._denoise(driver, x_t, t, condition, training, grad=own_target)
 
-        target = ops.stop_gradient(denoised_t) if self.stop_gradient_target else denoised_t
+        target = denoised_t if own_target else ops.stop_gradient(denoised_t)
         s = self.sample_lower_level(t, seed)
 
         # Two independent reverse chains, batched: [draw 1; draw 2].
         x = ops.concatenate([x_t, x_t], axis=0)
         x0_hat = ops.concatenate([denoised_t, denoised_t], axis=0)
-        if not self.backprop_through_chain:
+        grad_chain = self.backprop_through_chain
+        if not grad_chain:
             x0_hat = ops.stop_gradient(x0_hat)
-        t2 = ops.concatenate([t, t], axis=0)
-        s2 = ops.concatenate([s, s], axis=0)
+        levels = equations.chain_levels(ops.concatenate([t, t], axis=0), ops.concatenate([s, s], axis=0),
+                                        self.num_steps, self.spacing, self.rho)
         cond2 = repeat_condition(condition)
-        level = t2
-        for k in range(1, self.num_steps + 1):
-            next_level = t2 + (s2 - t2) * (k / self.num_steps)
-            if k > 1:
-                x0_hat = self._denoise(denoiser, x, level, cond2, training,
-                                       grad=self.backprop_through_chain)
+        for i in range(self.num_steps):
+            if i > 0:
+                x0_hat = self._denoise(driver, x, levels[i], cond2, training,
+                                       grad=grad_chain and target_denoiser is None)
             noise = keras.random.normal(ops.shape(x), seed=seed)
-            x = equations.reverse_step(x, x0_hat, level, next_level, noise)
-            level = next_level
-        if not self.backprop_through_chain:
+            x = self.move(x, x0_hat, levels[i], levels[i + 1], noise)
+        if not grad_chain:
             x = ops.stop_gradient(x)
 
-        denoised_s = self._denoise(denoiser, x, s2, cond2, training, grad=True)
+        denoised_s = self._denoise(denoiser, x, levels[-1], cond2, training, grad=True)
         denoised_1, denoised_2 = ops.split(denoised_s, 2, axis=0)
         loss = equations.consistency_product(denoised_1, denoised_2, target)
         if mask is not None:
@@ -149,18 +215,34 @@ class ConsistencyLoss:
     def get_config(self):
         return {
             "start": self.start,
+            "start_scale": self.start_scale,
+            "chain": self.chain,
             "num_steps": self.num_steps,
+            "spacing": self.spacing,
+            "rho": self.rho,
             "s_distribution": self.s_distribution,
             "sigma_min": self.sigma_min,
             "max_gap": self.max_gap,
             "stop_gradient_target": self.stop_gradient_target,
             "backprop_through_chain": self.backprop_through_chain,
+            "batch_fraction": self.batch_fraction,
         }
 
     @classmethod
     def from_config(cls, config):
+        if "chain" not in config:
+            # Saved before chains were configurable (keras_ambient 0.1.0): linearly
+            # spaced M5 moves on the whole batch, as those models were trained.
+            config = dict(config, chain="ddpm", spacing="linear", batch_fraction=1.0)
         return cls(**config)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"ConsistencyLoss({args})"
+
+
+def _take(condition, k):
+    """The first `k` entries of every array of a (possibly nested) condition."""
+    if condition is None:
+        return None
+    return keras.tree.map_structure(lambda a: a[:k], condition)

@@ -1,4 +1,4 @@
-"""Memorization measurement (method.md §7): noise attacks, nearest-neighbour
+"""Memorization measurement (docs/method.md §7): noise attacks, nearest-neighbour
 similarity to the training set, pictures, and JSON-serialisable reports.
 
 Example:

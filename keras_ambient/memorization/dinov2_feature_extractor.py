@@ -29,7 +29,7 @@ def _import_keras_hub():
 class DINOv2FeatureExtractor:
     """DINOv2 CLS-token features through keras-hub (the paper's similarity).
 
-    Daras et al. (method.md §7) compare images by the cosine similarity of
+    Daras et al. (docs/method.md §7) compare images by the cosine similarity of
     DINOv2 CLS embeddings. Images are mapped from `value_range` to [0, 1],
     grey images are replicated to 3 channels, resized (bilinear) to the
     backbone's input size, normalised with the ImageNet mean/std, and the

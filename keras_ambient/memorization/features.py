@@ -1,4 +1,4 @@
-"""Feature extractors for similarity search (method.md §7).
+"""Feature extractors for similarity search (docs/method.md §7).
 
 A feature extractor is any callable `f(images) -> features` mapping a NumPy
 batch `(n, ...)` to a `(n, d)` array. `get_feature_extractor` turns the

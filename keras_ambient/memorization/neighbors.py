@@ -1,4 +1,4 @@
-"""Blocked exact nearest-neighbour search with `keras.ops` (method.md §7)."""
+"""Blocked exact nearest-neighbour search with `keras.ops` (docs/method.md §7)."""
 
 import keras
 import numpy as np

@@ -102,7 +102,7 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
                  sampler="euler_ancestral", num_steps=32, sigma_min=0.002, seed=None,
                  batch_size=256, use_ema=True, source_indices=None, encode=None, decode=None,
                  verbose=0):
-    """The noise attack of method.md §7: can the model reconstruct its training
+    """The noise attack of docs/method.md §7: can the model reconstruct its training
     images from heavily noised copies?
 
     For each level `sigma`, forms `x + sigma z` (NumPy noise from `seed`: the

@@ -13,7 +13,7 @@ def _threshold_key(t):
 
 @dataclasses.dataclass
 class MemorizationReport:
-    """Nearest-neighbour similarity of queries to a training set (method.md §7).
+    """Nearest-neighbour similarity of queries to a training set (docs/method.md §7).
 
     A plain, JSON-serialisable record, so runs can be compared. Produced by
     `measure_similarity` / `SimilarityIndex.query` and by

@@ -16,7 +16,7 @@ class SimilarityIndex:
     cosine similarity to the nearest training image, the fractions above the
     paper's thresholds (0.95 "almost identical", 0.90 "close match"), and the
     L2 ratio test of Carlini et al. (2023): nearest / second-nearest L2
-    distance `< 1/3` (method.md §7). Searches are exact and blocked
+    distance `< 1/3` (docs/method.md §7). Searches are exact and blocked
     (`nearest_neighbors`), so 50k x 50k fits in memory.
 
     Args:

@@ -25,6 +25,7 @@ from keras_ambient.utils.validation import (
 )
 
 MODES = ("full", "truncated", "from_input")
+TARGETS = ("online", "ema")
 _DATA_KEYS = ("data", "sigma_n", "condition")
 
 
@@ -65,7 +66,7 @@ class AmbientDiffusion(keras.Model):
             `ka.networks.UNet` or `ka.networks.MLPDenoiser`; any Keras model
             whose output has the shape of `x`. It is wrapped in EDM's
             `ka.layers.EDMDenoiser`. To fine-tune a pretrained model in its own
-            parameterization (method.md §6), pass a prebuilt denoiser instead:
+            parameterization (docs/method.md §6), pass a prebuilt denoiser instead:
             `ka.layers.VPDenoiser` (DDPM epsilon/v, Stable Diffusion 1.x-XL) or
             `ka.layers.FlowDenoiser` (rectified flow, Stable Diffusion 3); see
             `ka.pretrained`.
@@ -75,13 +76,25 @@ class AmbientDiffusion(keras.Model):
         sigma_data: standard deviation of the clean data (0.5 for images in
             [-1, 1]; about `x.std()` for other data).
         consistency_weight: lambda of `L = L_ambient + lambda L_cons`; 0 turns
-            the consistency loss off (about 3x cheaper steps; then sample with
-            `mode="truncated"`). Default 1.0: on the 2-D mixture 0.1 did not
-            improve on no consistency, 1 and 10 did (SWD 0.074, 0.066, 0.063).
+            the consistency loss off (cheaper steps; then sample with
+            `mode="truncated"`). Chosen by measurement (docs/consistency.md):
+            the consistency term is small next to the EDM-weighted ambient
+            loss, so it needs a large weight.
         ambient_loss: an `ka.losses.AmbientLoss` (default: EDM log-normal levels
             truncated above each sample's `sigma_n`, `weighting="unbiased"`,
             this `sigma_data`).
-        consistency_loss: an `ka.losses.ConsistencyLoss`.
+        consistency_loss: an `ka.losses.ConsistencyLoss` (its defaults: start
+            at the data, an Euler–Maruyama chain of 7 EDM-spaced steps, a
+            quarter of each batch; see docs/consistency.md).
+        consistency_target: which weights compute the consistency target
+            `D(x_t; t)` and drive its reverse chain: `"online"` (the weights
+            being trained) or `"ema"` (the EMA copy, a slower-moving teacher;
+            needs `ema_decay`). Gradients flow through the online `D(x_s; s)`
+            calls either way.
+        consistency_start_step: training steps of ambient-only training
+            before the consistency loss is switched on (the consistency
+            target `D(y; sigma_n)` is learned by the ambient loss first).
+            Steps are counted by `ema_step` (`reset_ema` restarts it).
         ema_decay: decay of the weight EMA (`None` disables it). A warm-up
             `min(ema_decay, (1 + step) / (10 + step))` makes early averages
             follow the weights (EMA = weights at step 0).
@@ -105,7 +118,7 @@ class AmbientDiffusion(keras.Model):
     model = ka.AmbientDiffusion(
         network=ka.networks.UNet(image_shape=(8, 8, 1), base_channels=32,
                                  channel_multipliers=(1, 2)),
-        sigma_n=0.2, consistency_weight=1.0, seed=0)
+        sigma_n=0.2, consistency_weight=30.0, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(2e-4))
     model.fit(y, batch_size=64, epochs=20)
     samples = model.generate(64, seed=0)                      # to sigma = 0
@@ -116,10 +129,11 @@ class AmbientDiffusion(keras.Model):
     ```
     """
 
-    def __init__(self, network, sigma_n=0.0, sigma_data=0.5, consistency_weight=1.0,
+    def __init__(self, network, sigma_n=0.0, sigma_data=0.5, consistency_weight=30.0,
                  ambient_loss=None, consistency_loss=None, ema_decay=0.999,
                  sigma_min=0.002, sigma_max=80.0, data_shape=None, seed=None,
-                 lora_rank=None, lora_alpha=None, **kwargs):
+                 lora_rank=None, lora_alpha=None, consistency_target="online",
+                 consistency_start_step=0, **kwargs):
         super().__init__(**kwargs)
         self.sigma_min = check_scalar("sigma_min", sigma_min, minimum=0, min_inclusive=False)
         self.sigma_max = check_scalar("sigma_max", sigma_max, minimum=self.sigma_min, min_inclusive=False)
@@ -145,6 +159,14 @@ class AmbientDiffusion(keras.Model):
                 "AmbientLoss(sigma_data=...) with the same value unless this is intended.",
                 stacklevel=2,
             )
+        self.consistency_target = check_choice("consistency_target", consistency_target, TARGETS)
+        if self.consistency_target == "ema" and self.ema_decay is None:
+            raise ValueError(
+                "consistency_target='ema' needs the EMA network: set `ema_decay`. "
+                "Received: consistency_target='ema', ema_decay=None"
+            )
+        self.consistency_start_step = check_int("consistency_start_step", consistency_start_step,
+                                                minimum=0)
         self.ambient_loss = ambient_loss
         self.consistency_loss = consistency_loss
         self.seed = seed
@@ -152,7 +174,7 @@ class AmbientDiffusion(keras.Model):
         self.seed_generator = SavedSeedGenerator(seed, name="training_seed")
 
         # A raw network F is wrapped in EDM's preconditioning (M2); a prebuilt
-        # ka.layers.Denoiser (VPDenoiser, FlowDenoiser: method.md §6) is used as is.
+        # ka.layers.Denoiser (VPDenoiser, FlowDenoiser: docs/method.md §6) is used as is.
         self._custom_denoiser = isinstance(network, Denoiser)
         if self._custom_denoiser:
             self.denoiser = network
@@ -167,7 +189,7 @@ class AmbientDiffusion(keras.Model):
             self.ema_denoiser.trainable = False
         self.ema_step = keras.Variable(0, dtype="int32", trainable=False, name="ema_step")
 
-        # LoRA (method.md §6 fine-tuning): adapters on the Dense/EinsumDense layers
+        # LoRA (docs/method.md §6 fine-tuning): adapters on the Dense/EinsumDense layers
         # of the network and of its EMA copy; everything else is frozen.
         self.lora_rank = check_int("lora_rank", lora_rank, minimum=1, allow_none=True)
         self.lora_alpha = check_scalar("lora_alpha", lora_alpha, minimum=0, min_inclusive=False,
@@ -306,11 +328,22 @@ class AmbientDiffusion(keras.Model):
         total = ambient
         self.ambient_loss_tracker.update_state(ambient)
         if self.consistency_weight > 0:
+            teacher = self.ema_denoiser if self.consistency_target == "ema" else None
             cons = self.consistency_loss(self.denoiser, data, sigma_n, ambient_output=amb,
                                          condition=condition, seed=self.seed_generator,
-                                         training=training)
-            consistency = ops.sum(ops.where(weight > 0, cons, 0.0) * weight) / norm
-            total = total + self.consistency_weight * consistency
+                                         training=training, target_denoiser=teacher)
+            # The loss covers the first k samples of the batch (its sub-batch).
+            k = ops.shape(cons)[0]
+            weight_c = weight[:k]
+            consistency = (ops.sum(ops.where(weight_c > 0, cons, 0.0) * weight_c)
+                           / ops.maximum(ops.sum(weight_c), 1e-12))
+            lam = self.consistency_weight
+            if self.consistency_start_step > 0 and training:
+                # `ema_step` counts training steps (a model variable, so it is part of
+                # the jitted state on every backend; the optimizer's is not on JAX).
+                started = ops.greater_equal(ops.convert_to_tensor(self.ema_step), self.consistency_start_step)
+                lam = lam * ops.cast(started, "float32")
+            total = total + lam * consistency
             self.consistency_loss_tracker.update_state(consistency)
         flag = ops.where(ops.all(finite), 0.0, float("nan"))
         total = total + ops.stop_gradient(flag)
@@ -320,6 +353,7 @@ class AmbientDiffusion(keras.Model):
 
     def _update_ema(self):
         if self.ema_denoiser is None:
+            self.ema_step.assign_add(1)  # counts training steps (consistency_start_step)
             return
         step = ops.cast(self.ema_step, "float32")
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
@@ -430,7 +464,7 @@ class AmbientDiffusion(keras.Model):
                  sigma_n=None, x_start=None, sigma_start=None, add_noise=True,
                  condition=None, seed=None, batch_size=256, use_ema=True,
                  sigma_min=None, sigma_max=None, rho=7.0, verbose=0, **sampler_kwargs):
-        """Samples with the reverse process (method.md §5).
+        """Samples with the reverse process (docs/method.md §5).
 
         Modes:
         - `"full"`: from `sigma_max` to 0; correct for a model trained with
@@ -573,6 +607,8 @@ class AmbientDiffusion(keras.Model):
             "seed": self.seed,
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
+            "consistency_target": self.consistency_target,
+            "consistency_start_step": self.consistency_start_step,
             VERSION_KEY: __version__,
         }
 

@@ -1,4 +1,4 @@
-"""Fine-tuning pretrained (latent) diffusion models on noisy data (method.md §6).
+"""Fine-tuning pretrained (latent) diffusion models on noisy data (docs/method.md §6).
 
 - `SD3Diffuser`: keras-hub's Stable Diffusion 3 MMDiT for `ka.layers.FlowDenoiser`.
 - `KerasCVUNet`: keras-cv's Stable Diffusion 1.x/2.x U-Net for `ka.layers.VPDenoiser`

@@ -1,4 +1,4 @@
-"""Encoding images to latents once (cached) and decoding samples (method.md §6)."""
+"""Encoding images to latents once (cached) and decoding samples (docs/method.md §6)."""
 
 import os
 

@@ -1,3 +1,3 @@
-"""Noise schedules of pretrained parameterizations (method.md §6)."""
+"""Noise schedules of pretrained parameterizations (docs/method.md §6)."""
 
 from keras_ambient.schedules.vp_schedule import VPSchedule

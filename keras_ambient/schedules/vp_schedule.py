@@ -12,7 +12,7 @@ BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
 class VPSchedule:
-    """A discrete VP / DDPM noise schedule and its VE noise levels (method.md §6).
+    """A discrete VP / DDPM noise schedule and its VE noise levels (docs/method.md §6).
 
     Timestep `n` of a VP model is the process `x_n = sqrt(abar_n) x0 +
     sqrt(1 - abar_n) eps`, i.e. the VE level `sigma_n = sqrt((1 - abar_n)/abar_n)`.

@@ -6,7 +6,7 @@ import numpy as np
 def suggest_sigma_data(y, sigma_n=0.0):
     """Suggests `sigma_data` (the std of the CLEAN data) from noisy samples.
 
-    EDM's preconditioning (method.md M2) wants `sigma_data` = the standard
+    EDM's preconditioning (docs/method.md M2) wants `sigma_data` = the standard
     deviation of the clean data `x0`, pooled over all values. Only
     `y = x0 + sigma_n z` is observed; the noise is independent of `x0`, so
     `var(y) = var(x0) + mean(sigma_n^2)` and

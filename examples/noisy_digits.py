@@ -44,7 +44,7 @@ from keras_ambient.evaluation import images as ev  # noqa: E402
 from keras_ambient.utils.defaults import suggest_sigma_data  # noqa: E402
 
 
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = 1200
 
 
 def parse_args(argv=None):

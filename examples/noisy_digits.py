@@ -174,24 +174,22 @@ def main(argv=None):
         return {"residual_noise": ev.estimate_noise_level(images, reference=x_test),
                 "frechet_distance_pca16_to_clean_test": ev.frechet_image_distance(images, x_test, pca)}
 
-    samples, sample_s, by_mode = {}, {}, {}
+    samples, nearest, by_mode = {}, {}, {}
     for mode in ("full", "truncated"):
         t1 = time.perf_counter()
         samples[mode] = model.generate(args.num_samples, seed=args.seed, mode=mode, batch_size=args.num_samples)
-        sample_s[mode] = time.perf_counter() - t1
+        sampling_s = time.perf_counter() - t1
         if not np.all(np.isfinite(samples[mode])):
             print(f"error: the {mode} samples hold NaN/Inf (training diverged?)", file=sys.stderr)
             return 1
-        nearest, nn_dist = nearest_clean(samples[mode], x_train)
+        nearest[mode], nn_dist = nearest_clean(samples[mode], x_train)
         by_mode[mode] = dict(measure(samples[mode]), mean_l2_to_nearest_clean_train=float(np.mean(nn_dist)),
-                             sampling_time_s=sample_s[mode])
-        by_mode[mode]["nearest"] = nearest
+                             sampling_time_s=sampling_s)
     fd = "frechet_distance_pca16_to_clean_test"
     best = min(by_mode, key=lambda m: by_mode[m][fd])
-    n_ref = min(len(y_train), max(args.num_samples, 256))  # FD depends on the count: match it
+    # References with as many images as the samples (FD depends on the count), at least 256.
+    n_ref = min(len(y_train), max(args.num_samples, 256))
     noisy_m, clean_m = measure(y_train[:n_ref]), measure(x_train[:n_ref])
-    nearest = by_mode[best].pop("nearest")
-    by_mode[[m for m in by_mode if m != best][0]].pop("nearest")
     metrics = {
         "samples": by_mode,
         "better_mode": best,
@@ -220,14 +218,15 @@ def main(argv=None):
         ("samples, full (to sigma=0)" + (" *" if best == "full" else ""), samples["full"][:grid_n]),
         (f"samples, truncated (at {args.sigma_n})" + (" *" if best == "truncated" else ""),
          samples["truncated"][:grid_n]),
-        (f"nearest clean digit to * ({best})", nearest[:grid_n]),
+        (f"nearest clean digit to * ({best})", nearest[best][:grid_n]),
     ])
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     model.save(os.path.join(args.output_dir, "model.keras"))
 
     print(f"backend {backend}: {timer.steps} steps in {train_s:.1f} s ({steps_per_s:.2f} steps/s after the "
-          f"first step, which took {first - t0:.1f} s); sampling {sum(sample_s.values()):.1f} s")
+          f"first step, which took {first - t0:.1f} s); sampling "
+          f"{sum(m['sampling_time_s'] for m in by_mode.values()):.1f} s")
     print(f"{'':28s} residual noise   FD (PCA-16) to held-out clean digits")
     for name, m in (("samples, full sampling", by_mode["full"]), ("samples, truncated sampling", by_mode["truncated"]),
                     (f"noisy training data ({n_ref})", noisy_m), (f"clean training data ({n_ref})", clean_m)):

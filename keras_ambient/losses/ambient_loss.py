@@ -38,11 +38,10 @@ class AmbientLoss:
             weight because its variance diverges as `sigma_t -> sigma_n`;
             `"edm"`: `w = lambda_EDM(sigma_t)` (bounded gradient noise, but the
             denoiser error is down-weighted by `a^2`, so `D` is learned poorly
-            just above `sigma_n`). Measured on the 2-D mixture
-            (`benchmarks/mixture_2d.py`): "unbiased" halved the error of `D`
-            at `sigma_n` and gave SWD 0.047 vs 0.059 (truncated sampling).
-        max_weight_ratio: cap of `1/a^2` for `weighting="unbiased"` (100 beat 10
-            on the 2-D mixture).
+            just above `sigma_n`). The default follows the 2-D mixture
+            measurements of `benchmarks/mixture_2d.py` (README, docs/consistency.md).
+        max_weight_ratio: cap of `1/a^2` for `weighting="unbiased"` (chosen on
+            the 2-D mixture, `benchmarks/mixture_2d.py --sweep`).
         noise_distribution: `"log_normal"`: EDM's `ln sigma_t ~ N(p_mean, p_std)`
             truncated to `sigma_t > sigma_n` per sample (inverse-CDF sampling);
             `"uniform"`: `sigma_t ~ U(sigma_n, sigma_max)`;

@@ -335,6 +335,14 @@ def _images_from_folder(folder, resolution, grayscale):
 def _load_npz(path):
     import numpy as np
 
+    import zipfile
+
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise CLIError(
+            f"{path!r} is not an .npz file (an .npz is a zip archive written by np.savez; "
+            "this file is not a zip archive). Received: a file of "
+            f"{os.path.getsize(path)} bytes"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
@@ -493,9 +501,24 @@ def _err(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
 
+def _make_output_dir(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise CLIError(
+            f"Cannot create the output folder {out!r} ({type(e).__name__}: {e.strerror or e}); "
+            "is a parent of it a regular file? Received: --output-dir " + out
+        ) from e
+    if not os.access(out, os.W_OK):
+        raise CLIError(f"The output folder {out!r} is not writable. Received: --output-dir {out}")
+
+
 def cmd_train(args):
     import numpy as np
 
+    # Everything that can be checked before training is checked here, so a bad
+    # argument never costs a training run.
+    _make_output_dir(args.output_dir)
     if args.sigma_n == "auto" and args.data == "digits":
         raise CLIError(
             "The built-in digits are clean; --sigma-n sets the level this command noises them "
@@ -570,8 +593,13 @@ def cmd_train(args):
     steps_per_epoch = int(math.ceil(len(y) / batch_size))
     epochs = args.epochs if args.steps is None else int(math.ceil(args.steps / steps_per_epoch))
     out = args.output_dir
-    os.makedirs(out, exist_ok=True)
     mode = "full" if (model.consistency_weight > 0 or sigma_n == 0) else "truncated"
+    if mode == "truncated" and args.grid_steps < 2:
+        raise CLIError(
+            "Without the consistency loss the sample grids use truncated sampling, which needs "
+            "--grid-steps >= 2 (levels from sigma_max down to sigma_n). Received: --grid-steps "
+            f"{args.grid_steps}"
+        )
     grid = SampleGrid(os.path.join(out, "samples"), every_n_epochs=min(args.grid_every, epochs),
                       num_samples=args.grid_samples, seed=args.seed, mode=mode,
                       num_steps=args.grid_steps)
@@ -581,15 +609,29 @@ def cmd_train(args):
           f"sigma_data={sigma_data:.3f}, {epochs} epochs x {steps_per_epoch} steps, backend "
           f"{keras.backend.backend()}, outputs in {out}")
     start = time.time()
-    history = model.fit(data, batch_size=batch_size, epochs=epochs, shuffle=True,
-                        callbacks=[grid, ckpt], verbose=args.verbose)
-    train_seconds = time.time() - start
     model_path = os.path.join(out, "model.keras")
-    model.save(model_path)
+    try:
+        history = model.fit(data, batch_size=batch_size, epochs=epochs, shuffle=True,
+                            callbacks=[grid, ckpt], verbose=args.verbose)
+    except Exception:
+        # Keep what was trained (a divergence leaves NaN weights; the file says so).
+        failed = os.path.join(out, "model_failed.keras")
+        try:
+            model.save(failed)
+            _err(f"training failed; the model as it was is saved in {failed}")
+        except Exception:  # pragma: no cover - nothing more to save
+            pass
+        raise
+    train_seconds = time.time() - start
+    model.save(model_path)  # first, so that nothing after training can lose the model
     final_grid = os.path.join(out, "samples", "samples_final.png")
     from keras_ambient.utils.images import save_image_grid
 
-    save_image_grid(final_grid, grid.generate())
+    try:
+        save_image_grid(final_grid, grid.generate())
+    except Exception as e:
+        _err(f"the final sample grid failed ({type(e).__name__}: {e}); the model is saved in {model_path}")
+        final_grid = None
     metrics = dict(
         info,
         command="train",
@@ -603,7 +645,7 @@ def cmd_train(args):
         sample_mode=mode,
         train_seconds=round(train_seconds, 3),
         history={k: [float(v) for v in vals] for k, vals in history.history.items()},
-        files={"model": model_path, "checkpoints": ckpt.paths, "sample_grids": grid.paths + [final_grid]},
+        files={"model": model_path, "checkpoints": ckpt.paths, "sample_grids": grid.paths + ([final_grid] if final_grid else [])},
     )
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

@@ -2,13 +2,22 @@
 
 In the style of k-diffusion: each sampler takes `denoise_fn(x, sigma) -> x0_hat`
 (sigma a Python float; the function broadcasts it), an initial `x` at
-`sigmas[0]`, and the decreasing array `sigmas`. Stochastic samplers take a
-`seed` (int or `keras.random.SeedGenerator`). `callback(info)` is called after
-every step with a dict `{"i", "x", "sigma", "sigma_hat", "denoised"}`.
+`sigmas[0]`, and the decreasing array `sigmas`. The interface, which
+`AmbientDiffusion.generate`, `ka.memorization.noise_attack` and user samplers
+share, is
+
+    sampler(denoise_fn, x, sigmas, *, seed=None, callback=None, verbose=0, **options)
+
+`seed` (int or `keras.random.SeedGenerator`) drives the injected noise of
+stochastic samplers (deterministic ones accept and ignore it), so a wrapped or
+user-written sampler receives the caller's seed like the built-in ones (see
+`run_sampler`). `callback(info)` is called after every step with a dict
+`{"i", "x", "sigma", "sigma_hat", "denoised"}`.
 
 The ODE is `dx/dsigma = (x - D(x; sigma)) / sigma` (VE / EDM form).
 """
 
+import inspect
 import math
 
 import keras
@@ -78,8 +87,10 @@ def _progbar(n, verbose):
     return keras.utils.Progbar(n, verbose=1 if verbose else 0, unit_name="step") if verbose else None
 
 
-def sample_euler(denoise_fn, x, sigmas, *, callback=None, verbose=0):
+def sample_euler(denoise_fn, x, sigmas, *, seed=None, callback=None, verbose=0):
     """Deterministic Euler steps of the probability-flow ODE (NFE = N).
+
+    `seed` is accepted for the common interface and unused.
 
     Example:
     ```python
@@ -191,8 +202,14 @@ SAMPLERS = {
 
 
 def get_sampler(name):
-    """Returns the sampler function registered under `name` (or `name` if callable)."""
+    """Returns the sampler function registered under `name` (or `name` if callable).
+
+    A callable must follow the interface of this module: it is called with the
+    keywords `seed` and `verbose` (and any options); a function whose signature
+    cannot take them is refused here, before any sampling.
+    """
     if callable(name):
+        _check_interface(name)
         return name
     if name not in SAMPLERS:
         raise ValueError(
@@ -200,3 +217,48 @@ def get_sampler(name):
             f"Received: sampler={name!r}"
         )
     return SAMPLERS[name]
+
+
+def _check_interface(fn):
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins, some C callables: trust them
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    names = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    missing = [k for k in ("seed", "verbose") if k not in names]
+    if missing:
+        raise TypeError(
+            "A sampler must accept the keywords `seed` and `verbose` "
+            "(`sampler(denoise_fn, x, sigmas, *, seed=None, callback=None, verbose=0, "
+            "**options)`; a deterministic one may ignore `seed`), so that the caller's "
+            f"seed reaches it. Received: {getattr(fn, '__name__', fn)!r} without "
+            f"{', '.join(missing)}"
+        )
+
+
+def run_sampler(sampler, denoise_fn, x, sigmas, *, seed=None, verbose=0, **options):
+    """Runs `sampler` (a name or a callable) with the common interface.
+
+    Args:
+        sampler: `"heun"`, `"euler"`, `"euler_ancestral"` or a callable.
+        denoise_fn: `fn(x, sigma) -> D(x; sigma)`.
+        x: the initial state at `sigmas[0]`.
+        sigmas: the decreasing levels.
+        seed: int or `keras.random.SeedGenerator`, passed to every sampler.
+        verbose: show a progress bar.
+        **options: sampler options (e.g. `s_churn`, `eta`).
+
+    Returns:
+        The final state.
+
+    Example:
+    ```python
+    x = ka.samplers.run_sampler("euler_ancestral", D, 80.0 * z,
+                                ka.samplers.edm_sigmas(40), seed=0)
+    ```
+    """
+    fn = get_sampler(sampler)
+    return fn(denoise_fn, x, sigmas, seed=seed, verbose=verbose, **options)

@@ -57,6 +57,19 @@ def test_argument_errors(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_errors_that_would_only_show_after_training_are_caught_before(capsys, tmp_path):
+    status, _, err = run(capsys, "train", "digits", "--consistency-weight", "0", "--grid-steps", "1",
+                         "--steps", "1", "--output-dir", tmp_path / "out")
+    assert status == 2 and "--grid-steps >= 2" in err and "Received: --grid-steps 1" in err
+    (tmp_path / "file").write_text("not a folder")
+    status, _, err = run(capsys, "train", "digits", "--steps", "1", "--output-dir", tmp_path / "file" / "out")
+    assert status == 2 and "Cannot create the output folder" in err and "regular file" in err
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    status, _, err = run(capsys, "train", tmp_path / "text.npz", "--output-dir", tmp_path / "o2")
+    assert status == 2 and "is not an .npz file" in err and "not a zip archive" in err
+    assert "pickled" not in err
+
+
 def test_input_errors(capsys, tmp_path):
     status, _, err = run(capsys, "train", tmp_path / "missing_folder")
     assert status == 2 and "DATA must be 'digits'" in err and "no such file" in err

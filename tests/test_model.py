@@ -183,10 +183,73 @@ def test_ema_starts_as_a_copy_and_is_used_for_sampling():
     np.testing.assert_allclose(model.denoise(x, 0.5), ema_out, atol=1e-5)
 
 
-def test_call_returns_the_data():
+def test_call_and_predict_return_the_posterior_mean_at_sigma_n():
     model = small_model()
-    y = mixture_data(4)
-    np.testing.assert_array_equal(to_numpy(model(y)), y)
+    model.fit(mixture_data(64), batch_size=32, epochs=1, verbose=0)
+    y = mixture_data(8)
+    expected = model.denoise(y, SIGMA_N)
+    np.testing.assert_allclose(model.predict(y, verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(model(y)), expected, atol=1e-5)
+    levels = np.linspace(0.1, 0.5, 8).astype("float32")
+    np.testing.assert_allclose(model.predict({"data": y, "sigma_n": levels}, verbose=0),
+                               model.denoise(y, levels), atol=1e-5)
+    # Inside fit (training=True) the call is skipped: the losses call D themselves.
+    np.testing.assert_array_equal(to_numpy(model(y, training=True)), y)
+
+
+def test_ema_is_updated_after_the_optimizer_step():
+    # Step 0 (decay 0): the EMA equals the weights *after* the first update; step 1:
+    # decay = min(0.9, 2/11), EMA = d w1 + (1 - d) w2 with w2 the weights after step 2.
+    model = small_model(ema_decay=0.9, consistency_weight=0.5)
+    y = mixture_data(32)
+    before = [to_numpy(w) for w in model.denoiser.trainable_weights]
+    model.fit(y, batch_size=32, epochs=1, verbose=0)
+    w1 = [to_numpy(w) for w in model.denoiser.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, w1))
+    index = [next(i for i, v in enumerate(model.denoiser.weights) if v is w)
+             for w in model.denoiser.trainable_weights]
+    ema = lambda: [to_numpy(model.ema_denoiser.weights[i]) for i in index]  # noqa: E731
+    for a, b in zip(ema(), w1):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+    model.fit(y, batch_size=32, epochs=1, verbose=0)
+    w2 = [to_numpy(w) for w in model.denoiser.trainable_weights]
+    d = 2.0 / 11.0
+    for a, b, c in zip(ema(), w1, w2):
+        np.testing.assert_allclose(a, d * b + (1 - d) * c, rtol=1e-5, atol=1e-7)
+    # compute_loss alone (no optimizer step) leaves the EMA and its counter alone.
+    step, snapshot = int(to_numpy(model.ema_step)), ema()
+    model.compute_loss(x=y, training=True)
+    assert int(to_numpy(model.ema_step)) == step
+    for a, b in zip(ema(), snapshot):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_wrapped_sampler_gets_the_seed():
+    model = small_model()
+
+    def churned_heun(denoise_fn, x, sigmas, **kwargs):
+        return ka.samplers.sample_heun(denoise_fn, x, sigmas, s_churn=20.0, **kwargs)
+
+    a = model.generate(4, sampler=churned_heun, num_steps=4, seed=3)
+    b = model.generate(4, sampler=churned_heun, num_steps=4, seed=3)
+    c = model.generate(4, sampler=churned_heun, num_steps=4, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+    def no_seed(denoise_fn, x, sigmas, verbose=0):
+        return x
+
+    with pytest.raises(TypeError, match="must accept the keywords `seed`.*no_seed"):
+        model.generate(4, sampler=no_seed, num_steps=4, seed=0)
+
+
+def test_equal_network_seeds_give_equal_models():
+    a, b = small_model(), small_model()
+    for u, v in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(to_numpy(u), to_numpy(v))
+    other = ka.networks.MLPDenoiser(2, hidden_units=16, num_blocks=1, embedding_dim=8, seed=1)
+    kernel = lambda net: next(to_numpy(w) for w in net.weights if w.path == "input_dense/kernel")  # noqa: E731
+    assert not np.allclose(kernel(other), kernel(a.network))
 
 
 def test_generate_modes_shapes_and_seeds():
@@ -366,6 +429,10 @@ def test_network_with_wrong_output_shape():
         ({"mode": "truncated", "sigma_n": 0.0}, "sigma_n"),
         ({"mode": "from_input"}, "x_start"),
         ({"num_steps": 0}, "num_steps"),
+        ({"mode": "truncated", "num_steps": 1}, "num_steps >= 2.*Received: num_steps=1"),
+        ({"mode": "from_input", "sigma_start": 1.0, "x_start": np.full((2, 2), np.nan, "float32")},
+         "x_start.*non-finite"),
+        ({"condition": np.zeros(4, "int32")}, "takes no condition"),
     ],
 )
 def test_bad_generate_arguments(kwargs, match):
@@ -376,3 +443,75 @@ def test_bad_generate_arguments(kwargs, match):
 def test_bad_denoise_arguments():
     with pytest.raises(ValueError, match="sigma"):
         small_model().denoise(np.zeros((2, 2), "float32"), -1.0)
+
+
+def test_bad_denoise_inputs_name_the_argument():
+    model = small_model()
+    with pytest.raises(ValueError, match=r"`x` must have samples of shape \(2,\).*\(2, 3\)"):
+        model.denoise(np.zeros((2, 3), "float32"), 0.5)
+    with pytest.raises(ValueError, match="takes no condition"):
+        model.denoise(np.zeros((2, 2), "float32"), 0.5, condition=np.zeros(2, "int32"))
+
+
+def test_class_labels_are_checked_against_num_classes():
+    net = ka.networks.MLPDenoiser(2, hidden_units=16, num_blocks=1, embedding_dim=8, seed=0, num_classes=3)
+    model = ka.AmbientDiffusion(net, sigma_n=SIGMA_N, seed=0)
+    for labels in ([0, 1, 7, 2], [0, -1, 1, 2]):
+        with pytest.raises(ValueError, match=r"class labels in \[0, 3\)"):
+            model.generate(4, num_steps=2, condition=np.array(labels), seed=0)
+        with pytest.raises(ValueError, match=r"class labels in \[0, 3\)"):
+            model.denoise(np.zeros((4, 2), "float32"), 0.5, condition=np.array(labels))
+    with pytest.raises(ValueError, match="is conditional"):
+        model.generate(4, num_steps=2, seed=0)
+
+
+@pytest.mark.parametrize(
+    "data, error, match",
+    [
+        ((np.ones((8, 2)) * 200).astype("uint8"), TypeError, "floating-point.*uint8"),
+        (np.random.default_rng(0).uniform(0, 255, (64, 2)).astype("float32"), ValueError,
+         "far off the scale.*suggest_sigma_data"),
+        (np.zeros((0, 2), "float32"), ValueError, "at least one sample"),
+        ([[0.1, 0.2], [0.3, 0.4]], TypeError, "Python list"),
+    ],
+)
+def test_data_of_the_wrong_type_or_scale_is_refused(data, error, match):
+    with pytest.raises(error, match=match):
+        small_model().fit(data, verbose=0)
+
+
+def test_data_off_the_scale_of_sigma_data_warns():
+    y = mixture_data(64) * 5.0  # clean std ~3.5 = 7x sigma_data
+    with pytest.warns(UserWarning, match="sigma_data"):
+        small_model().fit(y, batch_size=64, epochs=1, verbose=0)
+
+
+def test_scalar_and_list_sigma_n_are_one_level_per_sample():
+    y = mixture_data(32)
+    a, b, c = small_model(), small_model(), small_model()
+    a.fit(y, np.full(32, 0.3, "float32"), batch_size=32, shuffle=False, verbose=0)
+    b.fit(y, 0.3, batch_size=32, shuffle=False, verbose=0)
+    c.fit(y, [0.3] * 32, batch_size=32, shuffle=False, verbose=0)
+    for u, v, w in zip(a.weights, b.weights, c.weights):
+        np.testing.assert_array_equal(to_numpy(u), to_numpy(v))
+        np.testing.assert_array_equal(to_numpy(u), to_numpy(w))
+
+
+def test_data_shape_contradicting_the_network_is_refused():
+    net = ka.networks.MLPDenoiser(2, hidden_units=8, num_blocks=1)
+    with pytest.raises(ValueError, match=r"contradicts the network.*\(2,\).*data_shape=\(3,\)"):
+        ka.AmbientDiffusion(net, data_shape=(3,))
+
+
+def test_a_network_that_cannot_be_copied_for_the_ema_is_explained():
+    class Unregistered(keras.Model):  # no get_config for its argument
+        def __init__(self, width):
+            super().__init__()
+            self.dense = keras.layers.Dense(width)
+
+        def call(self, inputs):
+            return self.dense(inputs[0])
+
+    with pytest.raises(ValueError, match="EMA copy.*register_keras_serializable.*ema_decay=None"):
+        ka.AmbientDiffusion(Unregistered(2), data_shape=(2,))
+    ka.AmbientDiffusion(Unregistered(2), data_shape=(2,), ema_decay=None)  # works without the EMA

@@ -22,12 +22,14 @@ def test_mlp_denoiser_class_conditioning():
     run_network_test(net, condition=np.array([0, 2, 1], "int32"))
 
 
+@pytest.mark.slow
 def test_unet(tmp_path):
     net = ka.networks.UNet(image_shape=(8, 8, 1), base_channels=8, channel_multipliers=(1, 2),
                            num_res_blocks=1, attention_resolutions=(4,), num_heads=2, seed=0)
     run_network_test(net, batch=2, tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_unet_vector_conditioning():
     net = ka.networks.UNet(image_shape=(4, 4, 3), base_channels=8, channel_multipliers=(1,),
                            num_res_blocks=1, condition_dim=5, embedding="fourier")

@@ -67,6 +67,7 @@ def _tiny_sd3_backbone():
         vae=vae, clip_l=clip_l, clip_g=clip_g, image_shape=(64, 64, 3))
 
 
+@pytest.mark.slow
 def test_sd3_lora_fine_tuning_on_noisy_latents(tmp_path):
     backbone = _tiny_sd3_backbone()
     encode, decode = ka.pretrained.sd3_vae_codec(backbone)
@@ -148,6 +149,7 @@ def test_keras_cv_timestep_embedding_closed_form():
     np.testing.assert_allclose(to_numpy(unet.timestep_embedding(t)), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_keras_cv_path_trains_epsilon_prediction_on_the_vp_schedule(tmp_path):
     rng = np.random.default_rng(0)
     latents = rng.normal(size=(16, 8, 8, 4)).astype("float32") * 0.8

@@ -5,34 +5,47 @@ import numpy as np
 
 
 class TerminateOnNonFinite(keras.callbacks.Callback):
-    """Stops training with a clear error as soon as the loss or a weight is NaN/Inf.
+    """Stops training with a clear error on bad samples or a divergence.
 
-    `ka.AmbientDiffusion.fit` adds it automatically. The model excludes
-    non-finite samples from the update and flags the batch by making the
-    reported `loss` NaN while `ambient_loss` stays finite, so the error can say
-    whether the data or the optimisation is at fault. The messages name the
-    epoch, the batch and the training step (the optimizer's iteration count),
-    the last finite loss, and, for a divergence, the usual causes with their
-    current values (learning rate, `consistency_weight`).
+    `ka.AmbientDiffusion.fit` adds it automatically. The model leaves bad
+    samples (NaN/Inf data; `sigma_n` NaN, negative or `>= sigma_max`; class
+    labels outside `[0, num_classes)`) out of the update and counts them in the
+    `bad_samples` metric (`val_bad_samples` for validation data); the loss stays
+    honest. This callback stops at the first bad sample (`bad_samples="raise"`,
+    the weights are intact) or lets training go on without them
+    (`bad_samples="skip"`: the count is in the logs and the `History`). A loss
+    that becomes NaN/Inf is a divergence: it stops with a `FloatingPointError`
+    naming the epoch, batch and training step, the last finite loss and the
+    usual causes with their current values (learning rate,
+    `consistency_weight`).
 
-    The loss is checked after every batch (free: Keras computes it anyway). The
-    weights are checked every `weights_check_freq` batches and at the end of
-    every epoch: one `isfinite` reduction per weight, which also catches a
-    divergence whose loss stayed finite (e.g. a NaN in a weight the loss of
-    that step did not touch, or in the EMA copy).
+    The per-batch check only reads the logs Keras computes anyway, so the
+    callback is `async_safe`: Keras keeps dispatching steps while it runs (the
+    stop comes at most a batch later). The weights are checked at the end of
+    every epoch (one `isfinite` reduction per weight, which also catches NaN in
+    a weight the loss did not touch, e.g. in the EMA copy) and, with
+    `weights_check_freq`, every that many batches (then the callback runs
+    synchronously, and on JAX it syncs the training state to read them).
 
     Args:
+        bad_samples: `"raise"` (default) or `"skip"`.
         weights_check_freq: batches between weight checks (`None` or 0: only
             at the end of each epoch).
 
     Example:
     ```python
-    model.fit(dataset, epochs=10, callbacks=[ka.callbacks.TerminateOnNonFinite()])
+    model.fit(dataset, epochs=10,
+              callbacks=[ka.callbacks.TerminateOnNonFinite(bad_samples="skip")])
     ```
     """
 
-    def __init__(self, weights_check_freq=100):
+    def __init__(self, bad_samples="raise", weights_check_freq=None):
         super().__init__()
+        if bad_samples not in ("raise", "skip"):
+            raise ValueError(
+                "`bad_samples` must be 'raise' or 'skip'. "
+                f"Received: bad_samples={bad_samples!r}"
+            )
         if weights_check_freq is not None and (
             isinstance(weights_check_freq, bool)
             or not isinstance(weights_check_freq, (int, np.integer))
@@ -42,21 +55,34 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
                 "`weights_check_freq` must be a non-negative integer or None. "
                 f"Received: weights_check_freq={weights_check_freq!r}"
             )
+        self.bad_samples = bad_samples
         self.weights_check_freq = weights_check_freq or 0
         self._epoch = 0
         self._batches = 0
         self._last_finite = None
 
+    @property
+    def async_safe(self):
+        # Read by Keras's CallbackList: without mid-epoch weight checks this
+        # callback only reads `logs`, so steps may be dispatched ahead of it.
+        return not self.weights_check_freq
+
     def on_train_begin(self, logs=None):
         self._batches = 0
         self._last_finite = None
+        self._initial_step = self._optimizer_iterations()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        # Read here, in the main thread: the batch checks may run in Keras's
+        # async worker, where touching `self.model` would sync (on JAX: read
+        # donated) training state.
+        self._context = self._read_context()
 
     # ------------------------------------------------------------ context
-    def _step(self):
-        """The optimizer's iteration count (the global training step)."""
+    def _optimizer_iterations(self):
+        """The optimizer's iteration count (read at the start of `fit`: on JAX the
+        variables are only synced at the end of each epoch)."""
         model = self.model
         optimizer = getattr(model, "optimizer", None) if model is not None else None
         if optimizer is not None and getattr(optimizer, "built", False):
@@ -64,7 +90,11 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
                 return int(np.asarray(keras.ops.convert_to_numpy(optimizer.iterations)))
             except Exception:  # pragma: no cover - defensive
                 pass
-        return self._batches
+        return 0
+
+    def _step(self):
+        """The global training step of the batch being checked."""
+        return getattr(self, "_initial_step", 0) + self._batches
 
     def _where(self, batch):
         where = f"epoch {self._epoch + 1}"
@@ -72,7 +102,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
             where += f", batch {batch + 1}"
         return where + f" (training step {self._step()})"
 
-    def _causes(self):
+    def _read_context(self):
         model = self.model
         lr = cw = None
         optimizer = getattr(model, "optimizer", None) if model is not None else None
@@ -92,6 +122,11 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
                 and getattr(cons, "stop_gradient_target", True) is False
             ):
                 sg_text = " or use ConsistencyLoss(stop_gradient_target=True)"
+        return lr, cw, sg_text
+
+    def _causes(self):
+        context = getattr(self, "_context", None)
+        lr, cw, sg_text = context if context is not None else self._read_context()
         lr_text = "the learning rate" + (f" (now {lr:.3g})" if lr is not None else "")
         cw_text = "the consistency_weight" + (
             f" (now {cw:g})" if cw is not None else ""
@@ -113,6 +148,9 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
         logs = logs or {}
+        bad = logs.get("bad_samples")
+        if self.bad_samples == "raise" and bad is not None and float(np.asarray(bad)) > 0:
+            self._raise_for_bad_samples(batch, float(np.asarray(bad)), "the batch")
         loss = logs.get("loss")
         if loss is not None:
             loss = float(np.asarray(loss))
@@ -121,23 +159,31 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
             else:
                 self._raise_for_loss(batch, loss, logs)
         if self.weights_check_freq and self._batches % self.weights_check_freq == 0:
+            sync = getattr(self.model, "jax_state_sync", None)
+            if sync is not None:
+                sync()  # JAX keeps the weights in the training state during an epoch
             self._check_weights(batch)
 
     def on_epoch_end(self, epoch, logs=None):
+        bad = (logs or {}).get("val_bad_samples")
+        if self.bad_samples == "raise" and bad is not None and float(np.asarray(bad)) > 0:
+            self._raise_for_bad_samples(None, float(np.asarray(bad)), "the validation data")
         self._check_weights(None)
 
-    def _raise_for_loss(self, batch, loss, logs):
-        ambient = logs.get("ambient_loss")
-        ambient = None if ambient is None else float(np.asarray(ambient))
+    def _raise_for_bad_samples(self, batch, count, what):
         where = self._where(batch)
-        if ambient is not None and math.isfinite(ambient):
-            raise ValueError(
-                f"Training stopped at {where}: the batch held NaN/Inf values in the "
-                "data or in its sigma_n. Those samples were left out of the update, "
-                "so the weights are intact; remove them from the dataset (numpy "
-                "inputs are checked before training, datasets cannot be). "
-                f"Received: a batch with non-finite values (loss={loss})"
-            )
+        raise ValueError(
+            f"Training stopped at {where}: {what} held bad samples (NaN/Inf values "
+            "in the data, a sigma_n that is NaN, negative or >= sigma_max, or a class "
+            "label outside [0, num_classes)). They were left out of the update, so "
+            "the weights are intact. Remove them from the dataset, or pass "
+            "callbacks=[ka.callbacks.TerminateOnNonFinite(bad_samples='skip')] to train "
+            f"without them (counted in the `bad_samples` metric). Received: {count:g} "
+            "bad sample(s) this epoch"
+        )
+
+    def _raise_for_loss(self, batch, loss, logs):
+        where = self._where(batch)
         parts = ", ".join(
             f"{k}={float(np.asarray(v)):.6g}"
             for k, v in logs.items()

@@ -60,6 +60,15 @@ class AmbientLoss:
                   seed=keras.random.SeedGenerator(0))
     loss = keras.ops.mean(out.loss)
     ```
+
+    References:
+        - Daras, Dimakis, Daskalakis. "Consistent Diffusion Meets Tweedie:
+          Training Exact Ambient Diffusion Models with Noisy Data". ICML 2024,
+          arXiv:2404.10177.
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of
+          Diffusion-Based Generative Models" (EDM). NeurIPS 2022,
+          arXiv:2206.00364.
+        - docs/method.md (M1-M5, in this repository).
     """
 
     def __init__(self, sigma_data=0.5, weighting="unbiased", max_weight_ratio=100.0,

@@ -292,12 +292,10 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
 def _sample_callable(fn, y, sigma_start, sample_fn, num_steps, sigma_min, seed, batch_size, tick=None):
     sigmas = samplers_lib.edm_sigmas(num_steps, sigma_min, sigma_start)
     seed_gen = keras.random.SeedGenerator(seed)
-    kwargs = {}
-    if sample_fn in (samplers_lib.sample_heun, samplers_lib.sample_euler_ancestral):
-        kwargs["seed"] = seed_gen
     outs = []
     for i in range(0, len(y), batch_size):
-        out = sample_fn(fn, ops.convert_to_tensor(y[i:i + batch_size]), sigmas, **kwargs)
+        out = samplers_lib.run_sampler(sample_fn, fn, ops.convert_to_tensor(y[i:i + batch_size]), sigmas,
+                                       seed=seed_gen)
         outs.append(np.asarray(ops.convert_to_numpy(out), dtype="float32"))
         if tick is not None:
             tick()

@@ -1,3 +1,4 @@
+import inspect
 import warnings
 
 import keras
@@ -11,6 +12,8 @@ from keras_ambient.layers.edm_denoiser import EDMDenoiser
 from keras_ambient.pretrained.lora import enable_lora
 from keras_ambient.losses.ambient_loss import AmbientLoss
 from keras_ambient.losses.consistency_loss import ConsistencyLoss
+from keras_ambient.utils import batches
+from keras_ambient.utils.train_step import train_step_then
 from keras_ambient.utils.structures import condition_length, pad_condition, slice_condition
 from keras_ambient.utils.distribute import scale_loss_for_replicas
 from keras_ambient.utils.seeding import SavedSeedGenerator
@@ -26,12 +29,31 @@ from keras_ambient.utils.validation import (
 
 MODES = ("full", "truncated", "from_input")
 TARGETS = ("online", "ema")
-_DATA_KEYS = ("data", "sigma_n", "condition")
 
 
 def _is_array(v):
     """NumPy arrays and backend tensors (not datasets, loaders or generators)."""
     return hasattr(v, "shape") and hasattr(v, "dtype") and not hasattr(v, "element_spec")
+
+
+def _is_structure(v):
+    return isinstance(v, (dict, list, tuple))
+
+
+def _shape_matches(shape, expected):
+    """Static shape check: unknown (None) dimensions match anything."""
+    shape = tuple(shape)
+    return len(shape) == len(expected) and all(
+        d is None or int(d) == e for d, e in zip(shape, expected))
+
+
+def _bind_keras_args(method, x, y, args, kwargs):
+    """`fit`/`evaluate`'s arguments as one dict (positional ones included)."""
+    bound = inspect.signature(method).bind(None, x, y, *args, **kwargs)
+    out = dict(bound.arguments)
+    out.pop("self", None)
+    out.update(out.pop("kwargs", {}))
+    return out
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -46,20 +68,28 @@ class AmbientDiffusion(keras.Model):
     average of the weights (with warm-up), saved with the model and used by
     `generate` and `denoise` by default.
 
-    Data. `fit` accepts NumPy arrays, `tf.data`, `keras.utils.PyDataset` and
-    torch `DataLoader` inputs, whose batches are either
+    Data. `fit` and `evaluate` accept NumPy arrays, `tf.data`,
+    `keras.utils.PyDataset` and torch `DataLoader` inputs, and
+    `validation_data`, whose batches are either
     - `y` (every sample at the model's `sigma_n`),
-    - `(y, sigma_n)` or `(y, sigma_n, condition)` tuples / `fit(y, sigma_n)`
-      (per-sample levels; `0` marks a clean sample), or
-    - a dict with keys `"data"`, `"sigma_n"` (optional), `"condition"` (optional).
-    Each sample is trained only at `sigma_t > its own sigma_n`.
-    Logged: `loss` (total), `ambient_loss`, `consistency_loss`. With
-    `validation_data`, `val_ambient_loss` is M3 on held-out noisy data: an
+    - a dict with the key `"data"` and optionally `"sigma_n"` (per-sample
+      levels; `0` marks a clean sample), `"condition"` and `"sample_weight"`:
+      the format to use for datasets, or
+    - a tuple `(y, sigma_n)` or `(y, sigma_n, condition)` / `fit(y, sigma_n)`
+      (`sigma_n` may be a scalar). A dataset's 3-tuple means the same: it is
+      not unpacked as Keras's `(x, y, sample_weight)` (utils/batches.py).
+    Each sample is trained only at `sigma_t > its own sigma_n`. NumPy inputs
+    are checked before training; bad samples of datasets are left out of the
+    update and counted (see `TerminateOnNonFinite`).
+    Logged: `loss` (total), `ambient_loss`, `consistency_loss`, `bad_samples`.
+    With `validation_data`, `val_ambient_loss` is M3 on held-out noisy data: an
     unbiased estimate (up to a constant) of the clean denoising error, the
-    right criterion for early stopping.
+    right criterion for early stopping. The EMA is updated after each
+    optimizer step.
 
-    Calling the model (`model(y)`) returns the data unchanged so that `fit`
-    stays cheap; use `denoise`, `generate` or the `denoiser` sub-model.
+    Calling the model (`model(y)`, `model.predict(y)`) returns `D(y; sigma_n)`
+    (EMA weights), the posterior mean `E[x0 | y]` of noisy data at its level;
+    `denoise` does the same for any level, `generate` samples.
 
     Args:
         network: the raw network `F([x, c_noise(, condition)])`, e.g.
@@ -127,6 +157,15 @@ class AmbientDiffusion(keras.Model):
     model.save("ambient.keras")
     model = keras.models.load_model("ambient.keras")
     ```
+
+    References:
+        - Daras, Dimakis, Daskalakis. "Consistent Diffusion Meets Tweedie:
+          Training Exact Ambient Diffusion Models with Noisy Data". ICML 2024,
+          arXiv:2404.10177.
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of
+          Diffusion-Based Generative Models" (EDM). NeurIPS 2022,
+          arXiv:2206.00364.
+        - docs/method.md (M1-M5, in this repository).
     """
 
     def __init__(self, network, sigma_n=0.0, sigma_data=0.5, consistency_weight=30.0,
@@ -182,7 +221,7 @@ class AmbientDiffusion(keras.Model):
             self.denoiser = EDMDenoiser(network, sigma_data=self.sigma_data, name="denoiser")
         self.ema_denoiser = None
         if self.ema_decay is not None:
-            clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(network))
+            clone = _copy_network(network)
             if not self._custom_denoiser:
                 clone = EDMDenoiser(clone, sigma_data=self.sigma_data, name="ema_denoiser")
             self.ema_denoiser = clone
@@ -201,16 +240,24 @@ class AmbientDiffusion(keras.Model):
                                 allow_enabled=True)
 
         raw = self.denoiser.network
-        if data_shape is None and getattr(raw, "inputs", None) and len(raw.inputs) and not isinstance(raw.inputs, dict):
-            data_shape = tuple(raw.inputs[0].shape[1:])
-            if any(d is None for d in data_shape):
-                data_shape = None
+        if getattr(raw, "inputs", None) and len(raw.inputs) and not isinstance(raw.inputs, dict):
+            inferred = tuple(raw.inputs[0].shape[1:])
+            if any(d is None for d in inferred):
+                inferred = None
+            if data_shape is None:
+                data_shape = inferred
+            elif inferred is not None and tuple(int(d) for d in data_shape) != tuple(int(d) for d in inferred):
+                raise ValueError(
+                    f"`data_shape` contradicts the network, whose input `x` has shape "
+                    f"{inferred}. Received: data_shape={tuple(data_shape)}"
+                )
         self.data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
         if raw.built and self.ema_denoiser is not None:
             self.reset_ema()
 
         self.ambient_loss_tracker = keras.metrics.Mean(name="ambient_loss")
         self.consistency_loss_tracker = keras.metrics.Mean(name="consistency_loss")
+        self.bad_samples_tracker = keras.metrics.Sum(name="bad_samples")
 
     # ------------------------------------------------------------------ build
     @property
@@ -257,39 +304,34 @@ class AmbientDiffusion(keras.Model):
         self.ema_step.assign(0)
 
     def call(self, inputs, training=None):
-        data, _, _ = self._unpack(inputs, None)
-        return data
+        """`model(y)` / `model.predict(y)`: `D(y; sigma_n)`, the posterior mean
+        `E[x0 | y]` of noisy data at its own level (EMA weights when they exist).
+
+        `inputs` is a batch in any of `fit`'s formats (per-sample `sigma_n` and a
+        condition are used when given). Inside `fit` (`training=True`) Keras
+        calls the model before the loss; the losses call the denoiser
+        themselves, so the call returns its input there at no cost.
+        """
+        data, sigma_n, condition, _ = batches.unpack(inputs)
+        if training:
+            return data
+        data = ops.cast(data, "float32")
+        denoiser = self._denoiser_for(use_ema=True)
+        net_inputs = [data, self._batch_sigma_n(data, sigma_n)]
+        if condition is not None:
+            net_inputs.append(condition)
+        return denoiser(net_inputs, training=False)
 
     # ------------------------------------------------------------- training
-    def _unpack(self, x, y):
-        sigma_n = condition = None
-        if isinstance(x, dict):
-            unknown = set(x) - set(_DATA_KEYS)
-            if unknown or "data" not in x:
-                raise ValueError(
-                    f"A dict batch must have the key 'data' and optionally 'sigma_n', "
-                    f"'condition'. Received: keys {sorted(x)}"
-                )
-            data, sigma_n, condition = x["data"], x.get("sigma_n"), x.get("condition")
-        elif isinstance(x, (list, tuple)):
-            if not 1 <= len(x) <= 3:
-                raise ValueError(
-                    "A tuple batch must be (data,), (data, sigma_n) or "
-                    f"(data, sigma_n, condition). Received: a tuple of {len(x)} elements"
-                )
-            data = x[0]
-            sigma_n = x[1] if len(x) > 1 else None
-            condition = x[2] if len(x) > 2 else None
-        else:
-            data = x
-        if y is not None:
-            if sigma_n is not None:
-                raise ValueError(
-                    "Per-sample sigma_n was given twice: in the inputs and as `y`. "
-                    "Received: both"
-                )
-            sigma_n = y
-        return data, sigma_n, condition
+    def train_step(self, *args):
+        # Keras unpacks a flat 3-tuple as (x, y, sample_weight): rewrap it first
+        # (utils/batches.py). The EMA is updated after the optimizer step.
+        args = args[:-1] + (batches.as_keras_batch(args[-1]),)
+        return train_step_then(self, super().train_step, args, self._update_ema)
+
+    def test_step(self, *args):
+        args = args[:-1] + (batches.as_keras_batch(args[-1]),)
+        return super().test_step(*args)
 
     def _batch_sigma_n(self, data, sigma_n):
         batch = ops.shape(data)[0]
@@ -307,19 +349,28 @@ class AmbientDiffusion(keras.Model):
         return sigma_n
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        data, sigma_n, condition = self._unpack(x, y)
+        data, sigma_n, condition, batch_weight = batches.unpack(x, y, sample_weight)
         data = ops.cast(data, "float32")
+        if self.data_shape is not None and not _shape_matches(data.shape[1:], self.data_shape):
+            raise ValueError(
+                f"The data must have samples of shape {self.data_shape} (the network's "
+                f"input). Received: a batch of shape {tuple(data.shape)}"
+            )
+        self._check_condition_given(condition)
         sigma_n = self._batch_sigma_n(data, sigma_n)
 
-        # Samples with NaN/Inf (in data or sigma_n) are excluded from the update;
-        # the reported loss becomes NaN so TerminateOnNonFinite stops training.
+        # Bad samples (NaN/Inf data; sigma_n NaN, negative or >= sigma_max; a class
+        # label outside [0, num_classes)) are left out of the update and counted
+        # in the `bad_samples` metric; TerminateOnNonFinite stops on it.
         axes = tuple(range(1, len(data.shape)))
-        finite = ops.all(ops.isfinite(data), axis=axes) & ops.isfinite(sigma_n) & (sigma_n >= 0)
-        data = ops.where(ops.reshape(finite, (-1,) + (1,) * len(axes)), data, 0.0)
-        sigma_n = ops.where(finite, sigma_n, 0.0)
-        weight = ops.cast(finite, "float32")
-        if sample_weight is not None:
-            weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        good = (ops.all(ops.isfinite(data), axis=axes) & ops.isfinite(sigma_n)
+                & (sigma_n >= 0) & (sigma_n < self.sigma_max))
+        condition, good = self._mask_labels(condition, good)
+        data = ops.where(ops.reshape(good, (-1,) + (1,) * len(axes)), data, 0.0)
+        sigma_n = ops.where(good, sigma_n, 0.0)
+        weight = ops.cast(good, "float32")
+        if batch_weight is not None:
+            weight = weight * ops.reshape(ops.cast(batch_weight, "float32"), (-1,))
         norm = ops.maximum(ops.sum(weight), 1e-12)
 
         amb = self.ambient_loss(self.denoiser, data, sigma_n, condition=condition,
@@ -345,13 +396,11 @@ class AmbientDiffusion(keras.Model):
                 lam = lam * ops.cast(started, "float32")
             total = total + lam * consistency
             self.consistency_loss_tracker.update_state(consistency)
-        flag = ops.where(ops.all(finite), 0.0, float("nan"))
-        total = total + ops.stop_gradient(flag)
-        if training:
-            self._update_ema()
+        self.bad_samples_tracker.update_state(ops.sum(1.0 - ops.cast(good, "float32")))
         return scale_loss_for_replicas(total)  # / replicas under tf.distribute
 
     def _update_ema(self):
+        """One EMA step; `train_step` runs it after the optimizer step."""
         if self.ema_denoiser is None:
             self.ema_step.assign_add(1)  # counts training steps (consistency_start_step)
             return
@@ -368,34 +417,223 @@ class AmbientDiffusion(keras.Model):
                 dst.assign(value)
         self.ema_step.assign_add(1)
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """Trains with Keras's `fit` (see the class docstring for data formats).
+    # ---------------------------------------------------------- input checks
+    def _num_classes(self):
+        """`num_classes` of a built-in class-conditional network, else None."""
+        return getattr(self.network, "num_classes", None)
 
-        NumPy inputs are checked for NaN/Inf, for sigma_n values outside
-        `[0, sigma_max)` and for per-sample sigma_n arrays whose length differs
-        from the data. A `TerminateOnNonFinite` callback is added.
-        """
-        self._check_numpy_inputs(x, y)
-        callbacks = list(kwargs.pop("callbacks", None) or [])
-        if not any(isinstance(c, TerminateOnNonFinite) for c in callbacks):
-            callbacks.append(TerminateOnNonFinite())
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+    def _takes_condition(self):
+        """True / False when the network's inputs say so, None when unknown."""
+        num_classes = self._num_classes()
+        if num_classes is not None or getattr(self.network, "condition_dim", None) is not None:
+            return True
+        inputs = getattr(self.network, "inputs", None)
+        if isinstance(inputs, (list, tuple)) and len(inputs) in (2, 3) and not self._custom_denoiser:
+            return len(inputs) == 3
+        if hasattr(self.network, "num_classes"):  # built-in network without a condition
+            return False
+        return None
 
-    def _check_numpy_inputs(self, x, y):
-        if not (_is_array(x) or isinstance(x, (dict, tuple, list))):
-            return  # datasets and generators are checked batch by batch
-        data, sigma_n, _ = self._unpack(x, y)
-        if not _is_array(data):
+    def _check_condition_given(self, condition):
+        takes = self._takes_condition()
+        if takes is True and condition is None:
+            raise ValueError(
+                "The network is conditional: give a `condition` (class labels or "
+                "condition vectors), e.g. a dict batch {'data': y, 'sigma_n': s, "
+                "'condition': labels}. Received: condition=None"
+            )
+        if takes is False and condition is not None:
+            raise ValueError(
+                "The network takes no condition (build it with `num_classes` or "
+                "`condition_dim` for a conditional model). Received: a condition "
+                f"of type {type(condition).__name__}"
+            )
+
+    def _mask_labels(self, condition, good):
+        """Class labels outside `[0, num_classes)` mark their samples bad (and are
+        replaced by 0, so no backend gathers out of range)."""
+        num_classes = self._num_classes()
+        if num_classes is None or condition is None or not hasattr(condition, "shape"):
+            return condition, good
+        if "int" not in str(getattr(condition, "dtype", "")):
+            return condition, good
+        labels = ops.reshape(condition, (-1,))
+        valid = (labels >= 0) & (labels < num_classes)
+        return ops.reshape(ops.where(valid, labels, 0), ops.shape(condition)), good & valid
+
+    def _check_labels(self, condition, name="condition"):
+        """NumPy check of class labels against the network's `num_classes`."""
+        num_classes = self._num_classes()
+        if num_classes is None or condition is None or not _is_array(condition):
             return
+        labels = np.asarray(condition)
+        if labels.size and (not np.issubdtype(labels.dtype, np.integer)
+                            or labels.min() < 0 or labels.max() >= num_classes):
+            bad = labels[(labels < 0) | (labels >= num_classes)] if np.issubdtype(labels.dtype, np.number) else labels
+            raise ValueError(
+                f"`{name}` must hold integer class labels in [0, {num_classes}) (the "
+                f"network's num_classes). Received: {name} of dtype {labels.dtype} with "
+                f"values such as {np.unique(bad)[:5].tolist()}"
+            )
+
+    def _check_sample_condition(self, condition, num_samples):
+        """The condition of `generate` / `denoise`: given iff the network takes one,
+        one entry per sample, labels in range."""
+        self._check_condition_given(condition)
+        if condition is None:
+            return
+        if condition_length(condition) != num_samples:
+            raise ValueError(
+                f"`condition` must have one entry per sample ({num_samples}). "
+                f"Received: condition with {condition_length(condition)} entries"
+            )
+        self._check_labels(condition)
+
+    def _standardize_inputs(self, x, y, name="x"):
+        """Checks NumPy-like `fit`/`evaluate` inputs (datasets are checked batch by
+        batch in `compute_loss`) and returns `(x, y)` with a scalar or list
+        `sigma_n` turned into one level per sample."""
+        if not (_is_array(x) or isinstance(x, (dict, tuple, list))):
+            return x, y
+        if isinstance(x, list) and x and not _is_structure(x[0]) and not _is_array(x[0]):
+            raise TypeError(
+                f"`{name}` must be an array (or a tuple / dict batch of arrays). Received: "
+                f"a Python list of {len(x)} {type(x[0]).__name__}; pass np.asarray({name})"
+            )
+        data, sigma_n, condition, weight = batches.unpack(x, y)
+        if isinstance(data, list):
+            raise TypeError(
+                f"The data of `{name}` must be an array. Received: a Python list of "
+                f"{len(data)} elements; pass np.asarray(...)"
+            )
+        if not _is_array(data):
+            return x, y
         data = np.asarray(data)
-        check_finite_array("x", data)
+        if data.ndim < 2 or data.shape[0] == 0:
+            raise ValueError(
+                f"`{name}` must hold at least one sample of shape {self.data_shape or '(...)'}. "
+                f"Received: {name} with shape {data.shape}"
+            )
+        if not np.issubdtype(data.dtype, np.floating):
+            raise TypeError(
+                f"`{name}` must be floating-point data on the scale of sigma_data "
+                f"(images: x / 127.5 - 1 for [-1, 1], the scale sigma_data=0.5 is "
+                f"meant for). Received: {name} of dtype {data.dtype}"
+            )
+        check_finite_array(name, data)
         if self.data_shape is not None and tuple(data.shape[1:]) != self.data_shape:
             raise ValueError(
                 f"The data must have samples of shape {self.data_shape} (the network's "
-                f"input). Received: x with shape {data.shape}"
+                f"input). Received: {name} with shape {data.shape}"
             )
-        if sigma_n is not None and _is_array(sigma_n):
-            check_noise_levels("sigma_n", np.asarray(sigma_n), sigma_max=self.sigma_max, length=len(data))
+        new_sigma = None
+        if sigma_n is not None and not hasattr(sigma_n, "element_spec"):
+            if isinstance(sigma_n, bool) or not (_is_array(sigma_n) or isinstance(sigma_n, (list, tuple, int, float))):
+                raise TypeError(
+                    f"Per-sample `sigma_n` must be a number or an array of numbers. "
+                    f"Received: sigma_n of type {type(sigma_n).__name__}"
+                )
+            levels = np.asarray(sigma_n, dtype="float32")
+            if levels.ndim == 0:
+                levels = np.full((len(data),), float(levels), dtype="float32")
+            check_noise_levels("sigma_n", levels, sigma_max=self.sigma_max, length=len(data))
+            new_sigma = levels
+        self._check_condition_given(condition)
+        self._check_labels(condition)
+        if weight is not None and _is_array(weight):
+            weight = np.asarray(weight)
+            if weight.shape != (len(data),) or not np.all(np.isfinite(weight)) or np.any(weight < 0):
+                raise ValueError(
+                    f"`sample_weight` must hold one finite, non-negative weight per sample "
+                    f"({len(data)}). Received: sample_weight with shape {weight.shape}"
+                )
+        self._check_scale(data, self.sigma_n if new_sigma is None else new_sigma, name)
+        if new_sigma is None or (_is_array(sigma_n) and not isinstance(sigma_n, (list, tuple))):
+            return x, y
+        # Rebuild the batch with the array of levels (a scalar / list sigma_n given).
+        if y is not None:
+            return x, new_sigma
+        batch = {"data": data, "sigma_n": new_sigma}
+        if condition is not None:
+            batch["condition"] = condition
+        if weight is not None:
+            batch["sample_weight"] = weight
+        return batch, None
+
+    def _check_scale(self, data, sigma_n, name):
+        """Refuses data far off the scale of `sigma_data`, warns when it is off."""
+        noise_var = float(np.mean(np.square(np.asarray(sigma_n, "float64"))))
+        clean_std = float(np.sqrt(max(np.var(data, dtype="float64") - noise_var, 0.0)))
+        ratio = clean_std / self.sigma_data
+        advice = (f"Scale the data (images: x / 127.5 - 1 for [-1, 1]) or set sigma_data to "
+                  f"the clean data's std, e.g. sigma_data=ka.utils.suggest_sigma_data(y, sigma_n) "
+                  f"(here ~{max(clean_std, 1e-6):.3g})")
+        if ratio > 10.0:
+            raise ValueError(
+                f"`{name}` is far off the scale the model expects: its clean std is about "
+                f"{clean_std:.3g} but sigma_data={self.sigma_data} (and sigma_n is on the "
+                f"same scale). {advice}. Received: {name} with values in "
+                f"[{float(data.min()):.3g}, {float(data.max()):.3g}]"
+            )
+        if ratio > 3.0 or (0 < ratio < 1.0 / 3.0):
+            warnings.warn(
+                f"The clean std of `{name}` is about {clean_std:.3g}, {ratio:.2g}x "
+                f"sigma_data={self.sigma_data}. {advice}.",
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------- fit / evaluate
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Trains with Keras's `fit` (see the class docstring for data formats).
+
+        NumPy inputs and NumPy `validation_data` are checked before training
+        (NaN/Inf, dtype and scale against `sigma_data`, shapes, `sigma_n` in
+        `[0, sigma_max)`, class labels, the condition); dataset batches are
+        checked in the step (bad samples are left out and counted in the
+        `bad_samples` metric). `sample_weight` is supported, `class_weight` is
+        not (the targets are noise levels). A `TerminateOnNonFinite` callback
+        is added unless one is given.
+        """
+        kw = _bind_keras_args(keras.Model.fit, x, y, args, kwargs)
+        if kw.get("class_weight") is not None:
+            raise ValueError(
+                "`class_weight` is not supported: AmbientDiffusion's targets are noise "
+                "levels, not classes; give `sample_weight` (or a dict batch key "
+                f"'sample_weight'). Received: class_weight={kw['class_weight']!r}"
+            )
+        kw.pop("class_weight", None)
+        x, y = batches.fold_sample_weight(kw.pop("x"), kw.pop("y"), kw.pop("sample_weight", None))
+        x, y = self._standardize_inputs(x, y, "x")
+        val = kw.get("validation_data")
+        if isinstance(val, (list, tuple)) and val and all(_is_array(v) or v is None for v in val):
+            if not 1 <= len(val) <= 3:
+                raise ValueError(
+                    "`validation_data` must be (data,), (data, sigma_n) or (data, sigma_n, "
+                    f"condition), a dict batch or a dataset. Received: a tuple of {len(val)} elements"
+                )
+            kw["validation_data"] = (self._standardize_inputs(tuple(val), None, "validation_data")[0],)
+        elif _is_array(val) or isinstance(val, dict):
+            kw["validation_data"] = (self._standardize_inputs(val, None, "validation_data")[0],)
+        self._build_before_keras()
+        callbacks = list(kw.pop("callbacks", None) or [])
+        if not any(isinstance(c, TerminateOnNonFinite) for c in callbacks):
+            callbacks.append(TerminateOnNonFinite())
+        return super().fit(x, y, callbacks=callbacks, **kw)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """Keras's `evaluate`, with `fit`'s data formats and checks."""
+        kw = _bind_keras_args(keras.Model.evaluate, x, y, args, kwargs)
+        x, y = batches.fold_sample_weight(kw.pop("x"), kw.pop("y"), kw.pop("sample_weight", None))
+        x, y = self._standardize_inputs(x, y, "x")
+        self._build_before_keras()
+        return super().evaluate(x, y, **kw)
+
+    def _build_before_keras(self):
+        # Keras builds an unbuilt model by calling it on its first batch as Keras
+        # unpacks it, before `train_step` could rewrap a (data, sigma_n, condition)
+        # tuple; with a known data shape the model is built here instead.
+        if not self.built and self.data_shape is not None:
+            self.build()
 
     # ------------------------------------------------------------- sampling
     def _denoiser_for(self, use_ema):
@@ -449,6 +687,14 @@ class AmbientDiffusion(keras.Model):
         ```
         """
         x = np.asarray(x, dtype="float32")
+        if not self.built:
+            self.build()
+        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(
+                f"`x` must have samples of shape {self.data_shape}. Received: x with shape {x.shape}"
+            )
+        check_finite_array("x", x)
+        self._check_sample_condition(condition, len(x))
         sigma = check_noise_levels("sigma", sigma, length=len(x))
         sigma = np.broadcast_to(sigma, (len(x),)).astype("float32")
         batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -530,6 +776,7 @@ class AmbientDiffusion(keras.Model):
                     f"`x_start` must have samples of shape {self.data_shape}. "
                     f"Received: x_start with shape {x_start.shape}"
                 )
+            check_finite_array("x_start", x_start)
             sigma_start = check_scalar("sigma_start", sigma_start, minimum=0, min_inclusive=False)
             if num_samples is not None and num_samples != len(x_start):
                 raise ValueError(
@@ -544,6 +791,11 @@ class AmbientDiffusion(keras.Model):
             if num_samples is None:
                 raise ValueError("`num_samples` is required. Received: num_samples=None")
             if mode == "truncated":
+                if num_steps < 2:
+                    raise ValueError(
+                        "mode='truncated' needs num_steps >= 2 (levels from sigma_max down to "
+                        f"sigma_n, then D(x; sigma_n)). Received: num_steps={num_steps}"
+                    )
                 level = self.sigma_n if sigma_n is None else sigma_n
                 level = check_scalar("sigma_n", level, minimum=0.0)
                 if level <= 0:
@@ -558,11 +810,7 @@ class AmbientDiffusion(keras.Model):
             else:
                 sigmas = samplers_lib.edm_sigmas(num_steps, sigma_min, sigma_max, rho)
         num_samples = check_int("num_samples", num_samples, minimum=1)
-        if condition is not None and condition_length(condition) != num_samples:
-            raise ValueError(
-                f"`condition` must have one entry per sample ({num_samples}). "
-                f"Received: condition with {condition_length(condition)} entries"
-            )
+        self._check_sample_condition(condition, num_samples)
 
         seed_gen = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
         pad_to = batch_size if num_samples > batch_size else None
@@ -578,10 +826,8 @@ class AmbientDiffusion(keras.Model):
             else:
                 x = float(sigmas[0]) * keras.random.normal((n,) + self.data_shape, seed=seed_gen)
             if sigmas is not None:
-                kwargs = dict(sampler_kwargs)
-                if sample_fn in (samplers_lib.sample_heun, samplers_lib.sample_euler_ancestral) or "seed" in kwargs:
-                    kwargs.setdefault("seed", seed_gen)
-                x = sample_fn(denoise_fn, x, sigmas, verbose=verbose, **kwargs)
+                x = samplers_lib.run_sampler(sample_fn, denoise_fn, x, sigmas, seed=seed_gen,
+                                             verbose=verbose, **sampler_kwargs)
             if final_level is not None:
                 x = denoise_fn(x, final_level)
             outs.append(np.asarray(ops.convert_to_numpy(x), dtype="float32"))
@@ -619,6 +865,22 @@ class AmbientDiffusion(keras.Model):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _copy_network(network):
+    """A fresh copy of `network` (for the EMA weights), rebuilt from its config."""
+    try:
+        return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(network))
+    except Exception as e:
+        raise ValueError(
+            "The EMA copy of the network could not be made: AmbientDiffusion rebuilds the "
+            "network from its config (as saving and loading do), which needs every custom "
+            "layer or model class registered with @keras.saving.register_keras_serializable() "
+            "and a `get_config` returning all of its `__init__` arguments; `Lambda` layers "
+            "do not reload safely (write a small layer instead). Or pass `ema_decay=None` "
+            f"to train without an EMA. Received: network {network.name!r} of type "
+            f"{type(network).__name__} ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _scalar(name, value):

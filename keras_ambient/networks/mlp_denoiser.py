@@ -1,6 +1,6 @@
 import keras
 
-from keras_ambient.networks.conditioning import condition_inputs, embed_noise_and_condition
+from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
 from keras_ambient.utils.validation import check_int, check_scalar
 
 
@@ -21,7 +21,7 @@ class MLPDenoiser(keras.Model):
         num_classes: if set, a class-label input (int) is added.
         condition_dim: if set, a vector condition input (e.g. a text embedding).
         dropout: dropout rate inside the blocks.
-        seed: seed of the Fourier-feature initializer.
+        seed: seed of the weight initializers (equal seeds give equal networks).
 
     Example:
     ```python
@@ -42,21 +42,22 @@ class MLPDenoiser(keras.Model):
         x_in = keras.Input(shape=(data_dim,), name="x")
         noise_in = keras.Input(shape=(), name="noise_condition")
         cond_in = condition_inputs(num_classes, condition_dim)
+        init = SeededInitializers(seed)
         emb = embed_noise_and_condition(
-            noise_in, cond_in, embedding, embedding_dim, hidden_units, num_classes, seed
+            noise_in, cond_in, embedding, embedding_dim, hidden_units, num_classes, seed, init
         )
-        h = keras.layers.Dense(hidden_units, name="input_dense")(x_in)
+        h = keras.layers.Dense(hidden_units, kernel_initializer=init(), name="input_dense")(x_in)
         for i in range(num_blocks):
             r = keras.layers.LayerNormalization(name=f"block{i}_norm")(h)
             r = keras.layers.Add(name=f"block{i}_add_emb")(
-                [r, keras.layers.Dense(hidden_units, name=f"block{i}_emb")(emb)]
+                [r, keras.layers.Dense(hidden_units, kernel_initializer=init(), name=f"block{i}_emb")(emb)]
             )
             r = keras.layers.Activation("silu", name=f"block{i}_act1")(r)
-            r = keras.layers.Dense(hidden_units, name=f"block{i}_dense1")(r)
+            r = keras.layers.Dense(hidden_units, kernel_initializer=init(), name=f"block{i}_dense1")(r)
             r = keras.layers.Activation("silu", name=f"block{i}_act2")(r)
             if dropout:
-                r = keras.layers.Dropout(dropout, name=f"block{i}_dropout")(r)
-            r = keras.layers.Dense(hidden_units, name=f"block{i}_dense2")(r)
+                r = keras.layers.Dropout(dropout, seed=init.next_seed(), name=f"block{i}_dropout")(r)
+            r = keras.layers.Dense(hidden_units, kernel_initializer=init(), name=f"block{i}_dense2")(r)
             h = keras.layers.Add(name=f"block{i}_residual")([h, r])
         h = keras.layers.LayerNormalization(name="output_norm")(h)
         h = keras.layers.Activation("silu", name="output_act")(h)

@@ -2,7 +2,7 @@ import math
 
 import keras
 
-from keras_ambient.networks.conditioning import condition_inputs, embed_noise_and_condition
+from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
 from keras_ambient.utils.validation import check_int, check_scalar
 
 
@@ -10,30 +10,31 @@ def _groups(channels, num_groups):
     return math.gcd(channels, num_groups)
 
 
-def _res_block(h, emb, channels, num_groups, dropout, name):
+def _res_block(h, emb, channels, num_groups, dropout, name, init):
     skip = h
     h = keras.layers.GroupNormalization(_groups(h.shape[-1], num_groups), epsilon=1e-6, name=f"{name}_norm1")(h)
     h = keras.layers.Activation("silu", name=f"{name}_act1")(h)
-    h = keras.layers.Conv2D(channels, 3, padding="same", name=f"{name}_conv1")(h)
+    h = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=init(), name=f"{name}_conv1")(h)
     # Adaptive scale/shift from the noise embedding (DDPM++ `adaptive_scale`).
-    scale_shift = keras.layers.Dense(2 * channels, name=f"{name}_emb")(emb)
+    scale_shift = keras.layers.Dense(2 * channels, kernel_initializer=init(), name=f"{name}_emb")(emb)
     scale_shift = keras.layers.Reshape((1, 1, 2 * channels), name=f"{name}_emb_reshape")(scale_shift)
     h = keras.layers.GroupNormalization(_groups(channels, num_groups), epsilon=1e-6, name=f"{name}_norm2")(h)
     h = _ScaleShift(name=f"{name}_scale_shift")([h, scale_shift])
     h = keras.layers.Activation("silu", name=f"{name}_act2")(h)
     if dropout:
-        h = keras.layers.Dropout(dropout, name=f"{name}_dropout")(h)
+        h = keras.layers.Dropout(dropout, seed=init.next_seed(), name=f"{name}_dropout")(h)
     h = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name=f"{name}_conv2")(h)
     if skip.shape[-1] != channels:
-        skip = keras.layers.Conv2D(channels, 1, name=f"{name}_skip")(skip)
+        skip = keras.layers.Conv2D(channels, 1, kernel_initializer=init(), name=f"{name}_skip")(skip)
     return keras.layers.Add(name=f"{name}_add")([skip, h])
 
 
-def _attention(h, num_heads, num_groups, name):
+def _attention(h, num_heads, num_groups, name, init):
     height, width, channels = h.shape[1], h.shape[2], h.shape[3]
     a = keras.layers.GroupNormalization(_groups(channels, num_groups), epsilon=1e-6, name=f"{name}_norm")(h)
     a = keras.layers.Reshape((height * width, channels), name=f"{name}_flatten")(a)
-    a = keras.layers.MultiHeadAttention(num_heads, max(channels // num_heads, 1), name=f"{name}_mha")(a, a)
+    a = keras.layers.MultiHeadAttention(num_heads, max(channels // num_heads, 1),
+                                        kernel_initializer=init(), name=f"{name}_mha")(a, a)
     a = keras.layers.Reshape((height, width, channels), name=f"{name}_unflatten")(a)
     return keras.layers.Add(name=f"{name}_add")([h, a])
 
@@ -71,7 +72,7 @@ class UNet(keras.Model):
         num_classes: adds a class-label input when set.
         condition_dim: adds a vector condition input (e.g. text embedding) when set.
         num_groups: maximum number of groups of the group normalisations.
-        seed: seed of the Fourier-feature initializer.
+        seed: seed of the weight initializers (equal seeds give equal networks).
 
     Example:
     ```python
@@ -117,36 +118,39 @@ class UNet(keras.Model):
         x_in = keras.Input(shape=image_shape, name="x")
         noise_in = keras.Input(shape=(), name="noise_condition")
         cond_in = condition_inputs(num_classes, condition_dim)
+        init = SeededInitializers(seed)
         emb = embed_noise_and_condition(
-            noise_in, cond_in, embedding, embedding_dim, emb_width, num_classes, seed
+            noise_in, cond_in, embedding, embedding_dim, emb_width, num_classes, seed, init
         )
 
-        h = keras.layers.Conv2D(base_channels, 3, padding="same", name="input_conv")(x_in)
+        h = keras.layers.Conv2D(base_channels, 3, padding="same", kernel_initializer=init(), name="input_conv")(x_in)
         skips = [h]
         for level, mult in enumerate(channel_multipliers):
             for b in range(num_res_blocks):
-                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"down{level}_block{b}")
+                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"down{level}_block{b}", init)
                 if h.shape[1] in attention_resolutions:
-                    h = _attention(h, num_heads, num_groups, f"down{level}_attn{b}")
+                    h = _attention(h, num_heads, num_groups, f"down{level}_attn{b}", init)
                 skips.append(h)
             if level < len(channel_multipliers) - 1:
-                h = keras.layers.Conv2D(h.shape[-1], 3, strides=2, padding="same", name=f"down{level}_downsample")(h)
+                h = keras.layers.Conv2D(h.shape[-1], 3, strides=2, padding="same", kernel_initializer=init(),
+                                        name=f"down{level}_downsample")(h)
                 skips.append(h)
 
-        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block0")
-        h = _attention(h, num_heads, num_groups, "mid_attn")
-        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block1")
+        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block0", init)
+        h = _attention(h, num_heads, num_groups, "mid_attn", init)
+        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block1", init)
 
         for level in reversed(range(len(channel_multipliers))):
             mult = channel_multipliers[level]
             for b in range(num_res_blocks + 1):
                 h = keras.layers.Concatenate(name=f"up{level}_concat{b}")([h, skips.pop()])
-                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"up{level}_block{b}")
+                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"up{level}_block{b}", init)
                 if h.shape[1] in attention_resolutions:
-                    h = _attention(h, num_heads, num_groups, f"up{level}_attn{b}")
+                    h = _attention(h, num_heads, num_groups, f"up{level}_attn{b}", init)
             if level > 0:
                 h = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}_upsample")(h)
-                h = keras.layers.Conv2D(h.shape[-1], 3, padding="same", name=f"up{level}_upconv")(h)
+                h = keras.layers.Conv2D(h.shape[-1], 3, padding="same", kernel_initializer=init(),
+                                        name=f"up{level}_upconv")(h)
 
         h = keras.layers.GroupNormalization(_groups(h.shape[-1], num_groups), epsilon=1e-6, name="output_norm")(h)
         h = keras.layers.Activation("silu", name="output_act")(h)

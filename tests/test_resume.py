@@ -156,3 +156,9 @@ def test_seed_state_ema_step_and_optimizer_are_in_the_weights_file(tmp_path):
     model.save(str(tmp_path / "m.keras"))
     loaded = keras.models.load_model(str(tmp_path / "m.keras"))
     np.testing.assert_array_equal(to_numpy(loaded.seed_generator.state), state)
+
+
+@pytest.mark.parametrize("save_freq", [0, -5, 2.5, True, "batch"])
+def test_backup_frequency_must_be_positive(tmp_path, save_freq):
+    with pytest.raises(ValueError, match=r"save_freq.*Received: save_freq="):
+        ka.callbacks.BackupAndRestore(str(tmp_path), save_freq=save_freq)

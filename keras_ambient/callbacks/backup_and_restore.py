@@ -55,6 +55,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         double_checkpoint=False,
         delete_checkpoint=True,
     ):
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise ValueError(
+                "`save_freq` must be 'epoch' or a positive number of batches between "
+                f"backups. Received: save_freq={save_freq!r}"
+            )
         super().__init__(
             backup_dir,
             save_freq=save_freq,

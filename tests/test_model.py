@@ -84,54 +84,7 @@ def test_training_approaches_the_exact_denoiser():
     assert error() < 0.3 * before
 
 
-def _data_formats():
-    y = mixture_data(64)
-    sig = np.full((64,), SIGMA_N, "float32")
-    return {
-        "array": ((y,), {}),
-        "tuple": (((y, sig),), {}),
-        "x_and_y": ((y, sig), {}),
-        "dict": (({"data": y, "sigma_n": sig},), {}),
-    }
-
-
-@pytest.mark.parametrize("fmt", ["array", "tuple", "x_and_y", "dict"])
-def test_fit_accepts_numpy_formats(fmt):
-    args, kwargs = _data_formats()[fmt]
-    model = small_model()
-    history = model.fit(*args, batch_size=32, epochs=1, verbose=0, **kwargs)
-    assert np.isfinite(history.history["loss"][-1])
-
-
-def test_fit_accepts_tf_data():
-    tf = pytest.importorskip("tensorflow")
-    y = mixture_data(64)
-    ds = tf.data.Dataset.from_tensor_slices((y, np.full((64,), SIGMA_N, "float32"))).batch(32)
-    history = small_model().fit(ds, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][-1])
-
-
-def test_fit_accepts_py_dataset():
-    y = mixture_data(64)
-
-    class Noisy(keras.utils.PyDataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return y[32 * i:32 * (i + 1)], np.full((32,), SIGMA_N, "float32")
-
-    history = small_model().fit(Noisy(), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][-1])
-
-
-def test_fit_accepts_torch_dataloader():
-    torch = pytest.importorskip("torch")
-    y = torch.from_numpy(mixture_data(64))
-    ds = torch.utils.data.TensorDataset(y, torch.full((64,), SIGMA_N))
-    loader = torch.utils.data.DataLoader(ds, batch_size=32)
-    history = small_model().fit(loader, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][-1])
+# The input types and batch formats are tested in tests/test_batches.py.
 
 
 def test_per_sample_noise_levels_mix_clean_and_noisy():
@@ -275,6 +228,19 @@ def test_generate_from_input():
     # Starting below sigma_min without added noise is one denoiser call at that level.
     tiny = model.generate(x_start=x, sigma_start=0.001, mode="from_input", add_noise=False)
     np.testing.assert_allclose(tiny, model.denoise(x, 0.001), atol=1e-6)
+
+
+def test_clip_denoised_keeps_every_mode_in_range_and_is_the_identity_when_wide():
+    model = small_model()
+    model.fit(mixture_data(128), batch_size=64, epochs=1, verbose=0)
+    # A range the data (a circle of radius 1) overflows: every output lies in it.
+    for mode in ("full", "truncated"):
+        x = model.generate(64, num_steps=6, seed=1, mode=mode, clip_denoised=(-0.3, 0.3))
+        assert x.min() >= -0.3 - 1e-6 and x.max() <= 0.3 + 1e-6, mode
+        assert np.abs(x).max() > 0.29  # the clip was reached: the test can tell
+    # A range wide enough to clip nothing leaves the samples as they were.
+    np.testing.assert_array_equal(model.generate(16, num_steps=6, seed=1, clip_denoised=(-1e6, 1e6)),
+                                  model.generate(16, num_steps=6, seed=1))
 
 
 def test_generate_with_progress_bar(capsys):
@@ -433,6 +399,9 @@ def test_network_with_wrong_output_shape():
         ({"mode": "from_input", "sigma_start": 1.0, "x_start": np.full((2, 2), np.nan, "float32")},
          "x_start.*non-finite"),
         ({"condition": np.zeros(4, "int32")}, "takes no condition"),
+        ({"clip_denoised": (1.0, -1.0)}, r"clip_denoised.*Received: clip_denoised=\(1.0, -1.0\)"),
+        ({"clip_denoised": 1.0}, "Received: clip_denoised=1.0"),
+        ({"clip_denoised": (0.0, float("nan"))}, "clip_denoised"),
     ],
 )
 def test_bad_generate_arguments(kwargs, match):

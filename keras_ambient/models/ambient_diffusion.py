@@ -709,7 +709,8 @@ class AmbientDiffusion(keras.Model):
     def generate(self, num_samples=None, *, num_steps=18, sampler="heun", mode="full",
                  sigma_n=None, x_start=None, sigma_start=None, add_noise=True,
                  condition=None, seed=None, batch_size=256, use_ema=True,
-                 sigma_min=None, sigma_max=None, rho=7.0, verbose=0, **sampler_kwargs):
+                 sigma_min=None, sigma_max=None, rho=7.0, verbose=0, clip_denoised=None,
+                 **sampler_kwargs):
         """Samples with the reverse process (docs/method.md §5).
 
         Modes:
@@ -737,6 +738,13 @@ class AmbientDiffusion(keras.Model):
                 samples on the same backend.
             batch_size: samples per sampler run.
             use_ema: sample with the EMA weights (default).
+            clip_denoised: `None` (default) or a `(low, high)` range, e.g.
+                `(-1, 1)` for images in [-1, 1]: every denoiser output
+                `D(x; sigma)` the sampler uses (and the final `D(x; sigma_n)`
+                of `"truncated"`) is clipped to it, like diffusers'
+                `clip_sample`. Clean data never leave their range, so an
+                estimate of `E[x0 | x]` outside it is an error of `D`; clipping
+                keeps that error out of the trajectory.
             sigma_min, sigma_max: schedule ends (default: the model's).
             rho: schedule curvature.
             verbose: show a progress bar.
@@ -811,6 +819,7 @@ class AmbientDiffusion(keras.Model):
                 sigmas = samplers_lib.edm_sigmas(num_steps, sigma_min, sigma_max, rho)
         num_samples = check_int("num_samples", num_samples, minimum=1)
         self._check_sample_condition(condition, num_samples)
+        clip_range = _check_clip_range(clip_denoised)
 
         seed_gen = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
         pad_to = batch_size if num_samples > batch_size else None
@@ -819,6 +828,8 @@ class AmbientDiffusion(keras.Model):
             n = min(batch_size, num_samples - i)
             cond = slice_condition(condition, i, i + n)
             denoise_fn = self._denoise_fn(use_ema, cond, pad_to=pad_to)
+            if clip_range is not None:
+                denoise_fn = _clipped(denoise_fn, *clip_range)
             if mode == "from_input":
                 x = ops.convert_to_tensor(x_start[i:i + n])
                 if add_noise:
@@ -865,6 +876,31 @@ class AmbientDiffusion(keras.Model):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _check_clip_range(clip_denoised):
+    """`None` or a `(low, high)` pair of finite numbers with `low < high`."""
+    if clip_denoised is None:
+        return None
+    try:
+        low, high = (float(v) for v in clip_denoised)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(
+            "`clip_denoised` must be None or a (low, high) range with low < high, e.g. "
+            f"(-1, 1) for images in [-1, 1]. Received: clip_denoised={clip_denoised!r}"
+        )
+    return low, high
+
+
+def _clipped(denoise_fn, low, high):
+    """`denoise_fn` with its output clipped to `[low, high]`."""
+
+    def fn(x, sigma):
+        return np.clip(np.asarray(denoise_fn(x, sigma)), low, high)
+
+    return fn
 
 
 def _copy_network(network):

@@ -148,6 +148,48 @@ def consistency_product(denoised_1, denoised_2, target):
     return ops.mean(prod, axis=axes) if axes else prod
 
 
+def consistency_u_statistic(draws, target):
+    """M4 with `K >= 2` independent draws: the U-statistic of all pairs.
+
+    `(1 / (K (K - 1))) sum_{i != j} (D_i - T) . (D_j - T)`
+    `= (||sum_i e_i||^2 - sum_i ||e_i||^2) / (K (K - 1))` with `e_i = D_i - T`,
+    averaged over the data dimensions. Unbiased for `||E[D] - T||^2 / dim`
+    like `consistency_product` (which it equals for `K = 2`), with a gradient
+    variance that falls roughly like `1/K` per start point.
+    """
+    draws = [ops.convert_to_tensor(d, dtype="float32") for d in draws]
+    (target,) = _tensors(target)
+    k = len(draws)
+    if k < 2:
+        raise ValueError(f"The U-statistic needs at least 2 draws. Received: {k} draw(s)")
+    errors = [d - target for d in draws]
+    total = errors[0]
+    sum_sq = ops.square(errors[0])
+    for e in errors[1:]:
+        total = total + e
+        sum_sq = sum_sq + ops.square(e)
+    pairs = (ops.square(total) - sum_sq) / float(k * (k - 1))
+    axes = tuple(range(1, len(pairs.shape)))
+    return ops.mean(pairs, axis=axes) if axes else pairs
+
+
+def consistency_plug_in(draws, target):
+    """The plug-in consistency estimate `||mean_i D_i - T||^2` (mean over dimensions).
+
+    Biased: its expectation is `||E[D] - T||^2 + Var[D] / K` per dimension,
+    so it also shrinks the spread of `D(x_s; s)` along the chain (towards the
+    posterior mean). The authors' pixel-space code uses it with `K = 6`.
+    """
+    draws = [ops.convert_to_tensor(d, dtype="float32") for d in draws]
+    (target,) = _tensors(target)
+    mean = draws[0]
+    for d in draws[1:]:
+        mean = mean + d
+    err = ops.square(mean / float(len(draws)) - target)
+    axes = tuple(range(1, len(err.shape)))
+    return ops.mean(err, axis=axes) if axes else err
+
+
 def strict_lower_bound(sigma_lower):
     """The smallest training level used above `sigma_lower`: `sigma_lower (1 + 1e-4) + 1e-6`.
 

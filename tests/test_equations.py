@@ -91,6 +91,38 @@ def test_consistency_product_is_unbiased_and_one_draw_square_is_not():
     assert one_draw.mean() - truth > 0.9 * std**2  # biased by the variance
 
 
+def test_u_statistic_is_unbiased_and_equals_the_product_for_two_draws():
+    """All-pairs M4 with K draws: E = ||E a - c||^2 (§8), like the 2-draw product,
+    with a smaller variance per start point; K = 2 is the product itself."""
+    rng = np.random.default_rng(5)
+    n, dim, std = 40000, 4, 0.5
+    mu, c = np.array([0.3, -0.2, 0.1, 0.0]), np.array([0.1, 0.0, 0.0, 0.2])
+    draws = [(mu + std * rng.standard_normal((n, dim))).astype("float32") for _ in range(6)]
+    target = np.broadcast_to(c, (n, dim)).astype("float32")
+    truth = np.mean((mu - c) ** 2)
+    two = to_numpy(equations.consistency_u_statistic(draws[:2], target))
+    np.testing.assert_allclose(two, to_numpy(equations.consistency_product(draws[0], draws[1], target)),
+                               rtol=1e-5, atol=1e-6)
+    six = to_numpy(equations.consistency_u_statistic(draws, target))
+    assert abs(six.mean() - truth) < 4 * six.std() / math.sqrt(n)
+    # Variance of the pair average: 2 v^2/(K(K-1)) + 4 v b/K per dimension (v = std^2,
+    # b = squared bias), averaged over dimensions: K = 6 is far below K = 2.
+    assert six.var() < 0.5 * two.var()
+    with pytest.raises(ValueError, match="Received: 1 draw"):
+        equations.consistency_u_statistic(draws[:1], target)
+
+
+def test_plug_in_estimate_is_biased_by_the_variance_over_k():
+    """||mean of K draws - c||^2 has expectation ||E a - c||^2 + std^2 / K per dimension."""
+    rng = np.random.default_rng(6)
+    n, dim, std, k = 40000, 3, 0.4, 6
+    mu, c = np.array([0.2, 0.0, -0.1]), np.zeros(3)
+    draws = [(mu + std * rng.standard_normal((n, dim))).astype("float32") for _ in range(k)]
+    est = to_numpy(equations.consistency_plug_in(draws, np.zeros((n, dim), "float32")))
+    expected = np.mean((mu - c) ** 2) + std**2 / k
+    assert abs(est.mean() - expected) < 4 * est.std() / math.sqrt(n)
+
+
 def test_truncated_log_normal_respects_bound_and_law():
     rng = np.random.default_rng(4)
     n = 50000

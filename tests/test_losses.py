@@ -163,6 +163,35 @@ def test_default_consistency_chain_is_honest_for_the_exact_mixture_denoiser():
     assert abs(z) < 3.5, z
 
 
+def test_more_draws_keep_the_chain_honest_and_lower_the_variance():
+    """K = 4 draws per start point (all-pairs M4): still unbiased for the exact
+    denoiser, with a lower per-sample variance than the 2-draw product."""
+    gm = ka.data.GaussianMixture.circle(8, 1.0, 0.05)
+    n, sigma_n = 40_000, 0.2
+    y = ka.data.add_noise(gm.sample(n, seed=11), sigma_n, seed=12)
+    levels = np.full((n,), sigma_n, "float32")
+    losses = {}
+    for k in (2, 4):
+        cons = ka.losses.ConsistencyLoss(batch_fraction=1.0, num_draws=k)
+        losses[k] = to_numpy(cons(mixture_denoiser(gm), y, levels, seed=keras.random.SeedGenerator(13)))
+        assert losses[k].shape == (n,)
+        assert abs(losses[k].mean()) < 3.5 * losses[k].std() / math.sqrt(n), k
+    assert losses[4].var() < 0.6 * losses[2].var()
+
+
+def test_plug_in_estimator_is_biased_by_the_spread_of_the_draws():
+    """The plug-in estimate ||mean_K D(x_s; s) - D(x_t; t)||^2 of the exact denoiser
+    is positive (its bias Var/K), while the unbiased estimator of the same draws is ~0."""
+    gm = ka.data.GaussianMixture.circle(8, 1.0, 0.05)
+    n, sigma_n = 20_000, 0.2
+    y = ka.data.add_noise(gm.sample(n, seed=11), sigma_n, seed=12)
+    levels = np.full((n,), sigma_n, "float32")
+    plug = to_numpy(ka.losses.ConsistencyLoss(batch_fraction=1.0, num_draws=4, estimator="plug_in")(
+        mixture_denoiser(gm), y, levels, seed=keras.random.SeedGenerator(13)))
+    assert plug.min() >= 0
+    assert plug.mean() > 10 * plug.std() / math.sqrt(n)
+
+
 def test_two_linear_m5_moves_are_a_biased_chain():
     """The old default (2 linearly spaced M5 moves) is exact in mean but not in
     law: the same test tells it apart from an honest chain."""
@@ -258,7 +287,8 @@ def test_consistency_requires_the_ambient_output_for_ambient_start():
 @pytest.mark.parametrize("obj", [ka.losses.AmbientLoss(weighting="unbiased", p_mean=-1.0),
                                  ka.losses.ConsistencyLoss(start="data", num_steps=3, max_gap=0.1,
                                                            chain="ddpm", spacing="geometric",
-                                                           batch_fraction=0.5)])
+                                                           batch_fraction=0.5, num_draws=3,
+                                                           estimator="plug_in")])
 def test_loss_config_round_trip(obj):
     clone = assert_config_round_trip(obj)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
@@ -281,6 +311,8 @@ def test_loss_config_round_trip(obj):
         (ka.losses.ConsistencyLoss, {"rho": 0.0}, "rho"),
         (ka.losses.ConsistencyLoss, {"batch_fraction": 0.0}, "batch_fraction"),
         (ka.losses.ConsistencyLoss, {"batch_fraction": 1.5}, "batch_fraction"),
+        (ka.losses.ConsistencyLoss, {"num_draws": 1}, "num_draws"),
+        (ka.losses.ConsistencyLoss, {"estimator": "mean"}, "estimator"),
     ],
 )
 def test_loss_bad_arguments(cls, kwargs, match):

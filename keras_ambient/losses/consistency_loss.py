@@ -11,6 +11,7 @@ STARTS = ("ambient", "data")
 S_DISTRIBUTIONS = ("uniform", "log_uniform")
 CHAINS = ("euler_maruyama", "ddpm")
 SPACINGS = ("edm", "geometric", "linear")
+ESTIMATORS = ("unbiased", "plug_in")
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -20,12 +21,13 @@ class ConsistencyLoss:
     The true denoiser is a martingale along the reverse process:
     `D(x_t; t) = E[D(x_s; s) | x_t]` for `s < t`. From a start point `(x_t, t)`
     this loss draws a lower level `s`, runs the reverse process from `t` to `s`
-    twice independently (`num_steps` moves of `chain` on `spacing`-spaced
-    levels, driven by the denoiser itself) to get `x_s^1, x_s^2`, and returns
-    the unbiased estimator (M4)
-    `(D(x_s^1; s) - D(x_t; t)) . (D(x_s^2; s) - D(x_t; t))`
-    (averaged over dimensions), one value per sample of the sub-batch. The two
-    `D(x_s; s)` calls are batched into one network evaluation.
+    `num_draws` times independently (`num_steps` moves of `chain` on
+    `spacing`-spaced levels, driven by the denoiser itself) to get
+    `x_s^1, ..., x_s^K`, and returns the unbiased estimator (M4)
+    `(D(x_s^1; s) - D(x_t; t)) . (D(x_s^2; s) - D(x_t; t))` (for `K > 2` its
+    average over all pairs, `equations.consistency_u_statistic`), averaged
+    over dimensions, one value per sample of the sub-batch. The `K` calls
+    `D(x_s; s)` are batched into one network evaluation.
 
     The chain must be honest: driven by the exact denoiser, `E[D(x_s; s) | x_t]`
     must equal `D(x_t; t)`, or the loss trains `D` away from the truth. One M5
@@ -67,6 +69,14 @@ class ConsistencyLoss:
         batch_fraction: the loss is computed on the first
             `ceil(batch_fraction * batch)` samples of each batch (batches are
             shuffled by `fit`), which bounds its cost; 1 uses the whole batch.
+        num_draws: independent reverse chains per start point (`K >= 2`).
+            More draws lower the variance of the loss and of its gradient
+            at a proportional cost (one chain on `K` times the sub-batch).
+        estimator: `"unbiased"` (default): M4, the product of two draws' errors
+            (averaged over all pairs for `K > 2`); `"plug_in"`: the squared
+            error of the mean of the `K` draws (`equations.consistency_plug_in`,
+            as in the authors' pixel-space code), biased by `Var[D]/K`
+            towards the posterior mean.
 
     Example:
     ```python
@@ -84,7 +94,8 @@ class ConsistencyLoss:
 
     def __init__(self, start="data", start_scale=1.0, chain="euler_maruyama", num_steps=7, spacing="edm",
                  rho=7.0, s_distribution="uniform", sigma_min=0.002, max_gap=None,
-                 stop_gradient_target=True, backprop_through_chain=False, batch_fraction=0.25):
+                 stop_gradient_target=True, backprop_through_chain=False, batch_fraction=0.25,
+                 num_draws=2, estimator="unbiased"):
         self.start = check_choice("start", start, STARTS)
         self.start_scale = check_scalar("start_scale", start_scale, minimum=1.0)
         self.chain = check_choice("chain", chain, CHAINS)
@@ -98,6 +109,8 @@ class ConsistencyLoss:
         self.backprop_through_chain = bool(backprop_through_chain)
         self.batch_fraction = check_scalar("batch_fraction", batch_fraction, minimum=0,
                                            maximum=1, min_inclusive=False)
+        self.num_draws = check_int("num_draws", num_draws, minimum=2)
+        self.estimator = check_choice("estimator", estimator, ESTIMATORS)
 
     def sample_lower_level(self, t, seed):
         """Draws `s < t` per sample."""
@@ -187,27 +200,34 @@ class ConsistencyLoss:
         target = denoised_t if own_target else ops.stop_gradient(denoised_t)
         s = self.sample_lower_level(t, seed)
 
-        # Two independent reverse chains, batched: [draw 1; draw 2].
-        x = ops.concatenate([x_t, x_t], axis=0)
-        x0_hat = ops.concatenate([denoised_t, denoised_t], axis=0)
+        # K independent reverse chains, batched: [draw 1; ...; draw K].
+        draws = self.num_draws
+        x = ops.concatenate([x_t] * draws, axis=0)
+        x0_hat = ops.concatenate([denoised_t] * draws, axis=0)
         grad_chain = self.backprop_through_chain
         if not grad_chain:
             x0_hat = ops.stop_gradient(x0_hat)
-        levels = equations.chain_levels(ops.concatenate([t, t], axis=0), ops.concatenate([s, s], axis=0),
+        levels = equations.chain_levels(ops.concatenate([t] * draws, axis=0),
+                                        ops.concatenate([s] * draws, axis=0),
                                         self.num_steps, self.spacing, self.rho)
-        cond2 = repeat_condition(condition)
+        cond_k = repeat_condition(condition, draws)
         for i in range(self.num_steps):
             if i > 0:
-                x0_hat = self._denoise(driver, x, levels[i], cond2, training,
+                x0_hat = self._denoise(driver, x, levels[i], cond_k, training,
                                        grad=grad_chain and target_denoiser is None)
             noise = keras.random.normal(ops.shape(x), seed=seed)
             x = self.move(x, x0_hat, levels[i], levels[i + 1], noise)
         if not grad_chain:
             x = ops.stop_gradient(x)
 
-        denoised_s = self._denoise(denoiser, x, levels[-1], cond2, training, grad=True)
-        denoised_1, denoised_2 = ops.split(denoised_s, 2, axis=0)
-        loss = equations.consistency_product(denoised_1, denoised_2, target)
+        denoised_s = self._denoise(denoiser, x, levels[-1], cond_k, training, grad=True)
+        denoised_draws = ops.split(denoised_s, draws, axis=0)
+        if self.estimator == "plug_in":
+            loss = equations.consistency_plug_in(denoised_draws, target)
+        elif draws == 2:
+            loss = equations.consistency_product(denoised_draws[0], denoised_draws[1], target)
+        else:
+            loss = equations.consistency_u_statistic(denoised_draws, target)
         if mask is not None:
             loss = loss * mask
         return loss
@@ -226,6 +246,8 @@ class ConsistencyLoss:
             "stop_gradient_target": self.stop_gradient_target,
             "backprop_through_chain": self.backprop_through_chain,
             "batch_fraction": self.batch_fraction,
+            "num_draws": self.num_draws,
+            "estimator": self.estimator,
         }
 
     @classmethod

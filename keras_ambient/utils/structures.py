@@ -38,8 +38,8 @@ def pad_condition(condition, pad):
     )
 
 
-def repeat_condition(condition):
-    """`[condition; condition]` along axis 0 for every array (tensors)."""
+def repeat_condition(condition, times=2):
+    """`[condition; ...; condition]` (`times` copies) along axis 0 for every array (tensors)."""
     if condition is None:
         return None
-    return keras.tree.map_structure(lambda a: ops.concatenate([a, a], axis=0), condition)
+    return keras.tree.map_structure(lambda a: ops.concatenate([a] * times, axis=0), condition)

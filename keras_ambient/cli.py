@@ -174,6 +174,8 @@ def build_parser():
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--out", default="samples.png", help="output file: .png (a grid) or .npz (default samples.png)")
     s.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
+    s.add_argument("--clip-denoised", action="store_true",
+                   help="clip the denoiser's outputs to the image range [-1, 1] while sampling")
     s.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="progress bar (default 1)")
     _add_backend_option(s)
 
@@ -684,7 +686,7 @@ def cmd_sample(args):
         )
     x = model.generate(args.num, num_steps=args.steps, sampler=args.sampler, mode=args.mode,
                        seed=args.seed, batch_size=args.batch_size, use_ema=not args.no_ema,
-                       verbose=args.verbose)
+                       verbose=args.verbose, clip_denoised=(-1.0, 1.0) if args.clip_denoised else None)
     parent = os.path.dirname(out)
     if parent:
         os.makedirs(parent, exist_ok=True)

@@ -164,6 +164,12 @@ def test_train_and_sample_vectors(capsys, tmp_path):
                        "--out", tmp_path / "s2.npz", "--verbose", "0")
     np.testing.assert_allclose(np.load(tmp_path / "s2.npz")["x"], s1, atol=1e-5)
     status, _, _ = run(capsys, "sample", out_dir / "model.keras", "--num", "5", "--steps", "3",
+                       "--out", tmp_path / "c.npz", "--verbose", "0", "--clip-denoised")
+    clipped = np.load(tmp_path / "c.npz")["x"]
+    # The last Euler step x + (0 - sigma)(x - D)/sigma returns D up to float32 rounding.
+    assert status == 0 and clipped.min() >= -1.0 - 1e-6 and clipped.max() <= 1.0 + 1e-6
+    assert np.abs(s1).max() > 1.0  # the data (std 1) leave [-1, 1]: the clip shows
+    status, _, _ = run(capsys, "sample", out_dir / "model.keras", "--num", "5", "--steps", "3",
                        "--mode", "truncated", "--out", tmp_path / "sub" / "t.png", "--verbose", "0")
     assert status == 0 and read_png(tmp_path / "sub" / "t.png").shape == (256, 256, 1)
 

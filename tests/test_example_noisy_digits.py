@@ -40,12 +40,15 @@ def test_noisy_digits_example_smoke(tmp_path):
         im.verify()
 
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("residual_noise", "frechet_distance_pca16_to_clean_test"):
+    for key in ("residual_noise", "frechet_distance_pca16_to_clean_test",
+                "frechet_distance_classifier_to_clean_test"):
         for mode in ("full", "truncated"):
             assert math.isfinite(metrics["samples"][mode][key])
         assert math.isfinite(metrics["noisy_training_data"][key])
     assert metrics["better_mode"] in ("full", "truncated")
-    assert "better at this budget" in proc.stdout
+    assert "better: " in proc.stdout and "FD (classifier)" in proc.stdout
+    assert metrics["settings"]["clip_denoised"] == [-1.0, 1.0]
+    assert metrics["reference_images"] == metrics["settings"]["num_samples"] == 16
     numbers = list(_finite_numbers({k: v for k, v in metrics.items() if k != "settings"}))
     assert numbers and all(math.isfinite(v) for v in numbers)
     assert metrics["backend"] == keras.backend.backend()

@@ -92,6 +92,9 @@ def parse_args(argv=None):
     p.add_argument("--summarize", default=None,
                    help="comma list of --json files (e.g. seeds run side by side): print their "
                         "table and summary together, train nothing")
+    p.add_argument("--subset-spread", action="store_true",
+                   help="print how FD_pca of random subsets of the clean / noisy training digits varies "
+                        "with the subset size (why samples and references need equal counts), train nothing")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -132,6 +135,27 @@ class Evaluator:
             "sliced_w2": self.swd(images, self.x_test, seed=0, power=2),
             "range_out": float(np.mean(np.abs(images) > 1.05)),
         }
+
+
+def subset_spread(sigma=0.2, sizes=(512, 1024, None), repeats=5, seed=0):
+    """FD_pca (mean ± std over random subsets) of clean and noisy training digits."""
+    import keras_ambient as ka
+    from keras_ambient.evaluation import images as ev
+
+    x_train, x_test = ka.data.load_digits("train"), ka.data.load_digits("test")
+    pca = ev.make_feature_extractor(x_train, "pca", num_features=16)
+    rng = np.random.default_rng(seed)
+    print(f"FD_pca to the {len(x_test)} held-out clean digits of random training subsets ({repeats} each):")
+    for size in sizes:
+        n = len(x_train) if size is None else size
+        clean, noisy = [], []
+        for r in range(repeats):
+            idx = rng.permutation(len(x_train))[:n]
+            clean.append(ev.frechet_image_distance(x_train[idx], x_test, pca))
+            y = ka.data.add_noise(x_train, sigma, seed=r)
+            noisy.append(ev.frechet_image_distance(y[idx], x_test, pca))
+        print(f"  {n:5d} images: clean {np.mean(clean):.3f} ± {np.std(clean):.3f}; "
+              f"noisy (sigma_n {sigma:g}) {np.mean(noisy):.3f} ± {np.std(noisy):.3f}")
 
 
 def calibration_line(sigmas, seed=0):
@@ -340,6 +364,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         worker(args)
+        return 0
+    if args.subset_spread:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        subset_spread()
         return 0
     if args.summarize:
         rows = []

@@ -6,9 +6,10 @@ sees a clean image. `ka.AmbientDiffusion` with the library defaults (ambient
 loss M3 plus consistency loss M4) learns the clean distribution. The model is
 sampled both ways (docs/method.md §5): "full" (the reverse process run to
 sigma = 0, what the consistency loss is for) and "truncated" (stopped at
-sigma_n, returning D(x; sigma_n)), with the denoiser's outputs clipped to the
-data range [-1, 1] (`generate(clip_denoised=(-1, 1))`; `--no-clip` turns it
-off); the demo reports both and says which is closer to clean digits.
+sigma_n, returning D(x; sigma_n)); the demo reports both and says which is
+closer to clean digits. `--clip-denoised` samples with the denoiser's outputs
+clipped to the data range [-1, 1] (less speckle on the background, slightly
+larger Fréchet distances: docs/consistency.md §5).
 
 Metrics compare as many samples as there are training digits with the whole
 noisy and the whole clean training set: a Fréchet distance depends on the
@@ -52,7 +53,9 @@ from keras_ambient.evaluation import images as ev  # noqa: E402
 from keras_ambient.utils.defaults import suggest_sigma_data  # noqa: E402
 
 
-DEFAULT_STEPS = 1600
+# 1300 steps of 64 keep `bash scripts/run_demo.sh` within about 5 minutes on 2 CPU cores
+# (benchmarks/digits_quality.py measures the same model at 1600 steps).
+DEFAULT_STEPS = 1300
 
 
 def parse_args(argv=None):
@@ -67,8 +70,8 @@ def parse_args(argv=None):
                    help="weight of the consistency loss (default: the library's)")
     p.add_argument("--num-samples", type=int, default=None,
                    help="samples per mode for the metrics (default: as many as the training digits)")
-    p.add_argument("--no-clip", action="store_true",
-                   help="sample without clipping the denoiser's outputs to [-1, 1]")
+    p.add_argument("--clip-denoised", action="store_true",
+                   help="sample with the denoiser's outputs clipped to the data range [-1, 1]")
     p.add_argument("--output-dir", default=os.path.join("outputs", "noisy_digits"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="a few steps and samples (for tests)")
@@ -184,7 +187,7 @@ def main(argv=None):
                 FD_PCA: ev.frechet_image_distance(images, x_test, pca),
                 FD_CLF: ev.frechet_image_distance(images, x_test, clf)}
 
-    clip = None if args.no_clip else (-1.0, 1.0)
+    clip = (-1.0, 1.0) if args.clip_denoised else None
     samples, nearest, by_mode = {}, {}, {}
     for mode in ("full", "truncated"):
         t1 = time.perf_counter()

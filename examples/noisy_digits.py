@@ -13,7 +13,7 @@ larger Fréchet distances: docs/consistency.md §5).
 
 Metrics compare as many samples as there are training digits with the whole
 noisy and the whole clean training set: a Fréchet distance depends on the
-number of images (docs/consistency.md §4: at 512 images, random subsets of the
+number of images (docs/consistency.md §5: at 512 images, random subsets of the
 same data differ by more than the noise makes the noisy data differ from the
 clean data).
 
@@ -53,8 +53,8 @@ from keras_ambient.evaluation import images as ev  # noqa: E402
 from keras_ambient.utils.defaults import suggest_sigma_data  # noqa: E402
 
 
-# 1300 steps of 64 keep `bash scripts/run_demo.sh` within about 5 minutes on 2 CPU cores
-# (benchmarks/digits_quality.py measures the same model at 1600 steps).
+# Chosen so that `bash scripts/run_demo.sh` fits the 5-minute budget on 2 CPU cores (the
+# measured run is in the README); benchmarks/digits_quality.py trains the same model 1600 steps.
 DEFAULT_STEPS = 1300
 
 

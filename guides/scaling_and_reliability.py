@@ -177,7 +177,7 @@ try:
     )
 except RuntimeError as e:
     print("interrupted:", e)
-with open(os.path.join(backup_dir, "training_metadata.json")) as f:
+with open(os.path.join(backup_dir, "latest", "training_metadata.json")) as f:
     print("last backup:", f.read())
 
 resumed = make_model()  # a new "process": fresh model, same script

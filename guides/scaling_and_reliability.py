@@ -229,7 +229,9 @@ except FloatingPointError as e:
 Samples with NaN/Inf in a dataset are left out of the update and stop the run
 with a `ValueError` that says so (the weights are intact). A long soak of the
 2-D mixture with the consistency loss (`benchmarks/soak.py`, 20k steps) shows
-no non-finite loss and flat window means.
+no non-finite loss and flat window means; with `--inject-faults` and
+`TerminateOnNonFinite(bad_samples="skip")` it trains past injected bad batches and
+counts every bad sample (figures in `docs/reliability.md`).
 
 ## Safe loading and version checks
 

@@ -1,6 +1,5 @@
 import json
 import os
-import zlib
 
 import keras
 import numpy as np
@@ -25,13 +24,35 @@ def test_png_round_trip_exact():
 
 
 def test_png_readable_by_pillow(tmp_path):
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image
+
     pic = np.arange(12 * 10 * 3, dtype="uint8").reshape(12, 10, 3)
     path = images_lib.write_png(tmp_path / "a.png", pic)
     with Image.open(path) as im:
         im.load()
         assert im.size == (10, 12) and im.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(im), pic)
+
+
+def test_any_png_is_read(tmp_path):
+    """Files from other writers: row filters (Pillow's optimize), palette, 16-bit grey."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    smooth = np.cumsum(rng.integers(0, 3, size=(16, 16, 3)), axis=1).astype("uint8")
+    Image.fromarray(smooth).save(tmp_path / "filtered.png", optimize=True)
+    np.testing.assert_array_equal(images_lib.read_png(tmp_path / "filtered.png"), smooth)
+    Image.fromarray(smooth).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(
+        tmp_path / "palette.png")
+    assert images_lib.read_png(tmp_path / "palette.png").shape == (16, 16, 3)
+    Image.fromarray(smooth[..., 0].astype("uint16") * 256).save(tmp_path / "grey16.png")
+    assert images_lib.read_png(tmp_path / "grey16.png").shape == (16, 16, 1)
+    (tmp_path / "text.png").write_text("not a picture")
+    with pytest.raises(ValueError, match="Not a readable PNG.*Received: path="):
+        images_lib.read_png(tmp_path / "text.png")
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg")
+    with pytest.raises(ValueError, match="Not a PNG file"):
+        images_lib.read_png(tmp_path / "photo.jpg")
 
 
 def test_image_grid_layout_and_values():

@@ -6,6 +6,8 @@ import warnings
 
 import keras
 
+from keras_ambient.utils.validation import check_bool, check_path
+
 from keras_ambient.version import __version__
 
 
@@ -69,10 +71,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"backups. Received: save_freq={save_freq!r}"
             )
         super().__init__(
-            backup_dir,
+            check_path("backup_dir", backup_dir),
             save_freq=save_freq,
-            double_checkpoint=double_checkpoint,
-            delete_checkpoint=delete_checkpoint,
+            double_checkpoint=check_bool("double_checkpoint", double_checkpoint),
+            delete_checkpoint=check_bool("delete_checkpoint", delete_checkpoint),
         )
         self._completed_batches = 0
         self._skip = 0

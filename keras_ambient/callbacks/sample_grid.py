@@ -4,7 +4,14 @@ import keras
 import numpy as np
 
 from keras_ambient.utils import images as images_lib
-from keras_ambient.utils.validation import check_choice, check_int
+from keras_ambient import samplers as samplers_lib
+from keras_ambient.utils.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_path,
+    check_range,
+)
 
 _MODES = ("full", "truncated")
 
@@ -56,21 +63,17 @@ class SampleGrid(keras.callbacks.Callback):
                 "SampleGrid needs somewhere to write: give `output_dir` and/or "
                 "`tensorboard_writer`. Received: output_dir=None, tensorboard_writer=None"
             )
-        self.output_dir = None if output_dir is None else os.fspath(output_dir)
+        self.output_dir = None if output_dir is None else check_path("output_dir", output_dir)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
         self.mode = check_choice("mode", mode, _MODES)
         self.num_steps = check_int("num_steps", num_steps, minimum=1)
+        samplers_lib.get_sampler(sampler)  # an unknown name or a bad callable fails here
         self.sampler = sampler
-        low, high = (float(v) for v in value_range)
-        if not high > low:
-            raise ValueError(
-                f"`value_range` must be (low, high) with high > low. Received: value_range={value_range}"
-            )
-        self.value_range = (low, high)
-        self.on_train_end_grid = bool(on_train_end)
-        self.verbose = verbose
+        self.value_range = check_range("value_range", value_range)
+        self.on_train_end_grid = check_bool("on_train_end", on_train_end)
+        self.verbose = check_int("verbose", verbose, minimum=0)
         self.paths = []
         self._tb_spec = tensorboard_writer
         self._tb_writer = None
@@ -79,6 +82,11 @@ class SampleGrid(keras.callbacks.Callback):
 
     @staticmethod
     def _make_writer(spec):
+        if not (isinstance(spec, (str, os.PathLike)) or hasattr(spec, "as_default")):
+            raise TypeError(
+                "`tensorboard_writer` must be None, a log folder or a tf.summary writer. "
+                f"Received: tensorboard_writer={spec!r}"
+            )
         try:
             import tensorboard  # noqa: F401  (tf.summary.image needs it)
             import tensorflow as tf

@@ -25,16 +25,28 @@ class GaussianMixture:
     """
 
     def __init__(self, means, stds, weights=None):
-        self.means = np.asarray(means, dtype="float64")
-        if self.means.ndim != 2:
-            raise ValueError(f"`means` must be (K, dim). Received: means with shape {self.means.shape}")
+        self.means = _float_array("means", means)
+        if self.means.ndim != 2 or not np.all(np.isfinite(self.means)):
+            raise ValueError(
+                "`means` must be a (K, dim) array of finite numbers. "
+                f"Received: means with shape {self.means.shape}: {self.means.tolist()}"
+            )
         k = self.means.shape[0]
-        self.stds = np.broadcast_to(np.asarray(stds, dtype="float64"), (k,)).copy()
-        if np.any(self.stds < 0):
-            raise ValueError(f"`stds` must be >= 0. Received: stds={self.stds.tolist()}")
-        w = np.full((k,), 1.0 / k) if weights is None else np.asarray(weights, dtype="float64")
-        if w.shape != (k,) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
-            raise ValueError(f"`weights` must be K non-negative numbers summing to 1. Received: weights={w.tolist()}")
+        stds = _float_array("stds", stds)
+        if stds.ndim > 1 or stds.size not in (1, k) or not np.all(np.isfinite(stds)) \
+                or np.any(stds < 0):
+            raise ValueError(
+                f"`stds` must be one finite number >= 0 or one per component ({k}). "
+                f"Received: stds={stds.tolist()}"
+            )
+        self.stds = np.broadcast_to(stds, (k,)).copy()
+        w = np.full((k,), 1.0 / k) if weights is None else _float_array("weights", weights)
+        if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) \
+                or not np.isclose(w.sum(), 1.0):
+            raise ValueError(
+                f"`weights` must be K={k} non-negative numbers summing to 1. "
+                f"Received: weights={w.tolist()}"
+            )
         self.weights = w
 
     @classmethod
@@ -85,3 +97,12 @@ class GaussianMixture:
         gain = (s2 + float(sigma_n) ** 2) / var  # (1|N, K)
         comp = self.means[None] + gain[..., None] * (x[:, None, :] - self.means[None])
         return (r[..., None] * comp).sum(axis=1).astype("float32")
+
+
+def _float_array(name, value):
+    try:
+        return np.asarray(value, dtype="float64")
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"`{name}` must be numbers. Received: {name}={value!r}"
+        ) from e

@@ -9,25 +9,7 @@ ambient sampling gives clusters that are too narrow, see docs/method.md §8).
 
 import numpy as np
 
-
-def _as_samples(name, x):
-    try:
-        x = np.asarray(x, dtype="float64")
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a numeric array. Received: {name} of type {type(x).__name__}")
-    if x.ndim == 1:
-        x = x[:, None]
-    elif x.ndim > 2:
-        x = x.reshape(len(x), -1)  # images: one flattened vector per sample
-    if x.ndim != 2:
-        raise ValueError(
-            f"`{name}` must be an array of samples with shape (n, dim). Received: {name} with shape {x.shape}"
-        )
-    if len(x) < 1:
-        raise ValueError(f"`{name}` must hold at least one sample. Received: {name} with shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"`{name}` must be finite. Received: {name} with {int(np.sum(~np.isfinite(x)))} NaN/Inf values")
-    return x
+from keras_ambient.utils.validation import check_samples
 
 
 def _quantiles(sorted_values, levels):
@@ -78,8 +60,8 @@ def sliced_wasserstein_distance(a, b, num_projections=256, seed=0, power=1):
     sliced_wasserstein_distance(x, y, num_projections=1024)  # about 2/pi
     ```
     """
-    a = _as_samples("a", a)
-    b = _as_samples("b", b)
+    a = check_samples("a", a, allow_1d=True)
+    b = check_samples("b", b, allow_1d=True)
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"`a` and `b` must have the same dimension. Received: a with shape {a.shape}, b with shape {b.shape}"
@@ -132,8 +114,8 @@ def within_cluster_std(samples, centers, max_radius=None, min_cluster_size=5, re
     within_cluster_std(gm.sample(4000, seed=0), gm.means)  # about 0.05
     ```
     """
-    x = _as_samples("samples", samples)
-    c = _as_samples("centers", centers)
+    x = check_samples("samples", samples, allow_1d=True)
+    c = check_samples("centers", centers, allow_1d=True)
     if x.shape[1] != c.shape[1]:
         raise ValueError(
             f"`samples` and `centers` must have the same dimension. Received: samples with shape {x.shape}, "

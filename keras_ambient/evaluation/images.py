@@ -23,7 +23,7 @@ Everything here works on NumPy arrays and is the same on every Keras backend.
 
 import numpy as np
 
-from keras_ambient.utils.validation import check_choice, check_int, check_scalar
+from keras_ambient.utils.validation import check_choice, check_int, check_samples, check_scalar
 
 _FEATURE_KINDS = ("pca", "classifier", "pixels")
 
@@ -49,22 +49,6 @@ def _as_images(name, images, min_size=2):
         raise ValueError(
             f"`{name}` images must be at least {min_size}x{min_size}. Received: {name} with shape {x.shape}"
         )
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"`{name}` must be finite. Received: {name} with NaN or Inf values")
-    return x
-
-
-def _as_matrix(name, x, min_rows=1):
-    try:
-        x = np.asarray(x, dtype="float64")
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"`{name}` must be a numeric array. Received: {name} of type "
-                        f"{type(x).__name__}") from e
-    if x.ndim < 2:
-        raise ValueError(f"`{name}` must have shape (num_samples, ...). Received: {name} with shape {x.shape}")
-    x = x.reshape(len(x), -1)
-    if len(x) < min_rows:
-        raise ValueError(f"`{name}` must hold at least {min_rows} samples. Received: {name} with shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"`{name}` must be finite. Received: {name} with NaN or Inf values")
     return x
@@ -232,7 +216,7 @@ def estimate_noise_level_pca(images, max_tail=None):
     estimate_noise_level_pca(y)  # ~0.2
     ```
     """
-    x = _as_matrix("images", images, min_rows=3)
+    x = check_samples("images", images, min_rows=3)
     ev = np.linalg.eigvalsh(np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1]))
     ev = np.sort(np.clip(ev, 0.0, None))[::-1]
     first = 0 if max_tail is None else max(len(ev) - check_int("max_tail", max_tail, minimum=1), 0)
@@ -258,7 +242,7 @@ def gaussian_statistics(features):
     mu, cov = gaussian_statistics(np.random.randn(100, 4))
     ```
     """
-    f = _as_matrix("features", features, min_rows=2)
+    f = check_samples("features", features, min_rows=2)
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
@@ -328,11 +312,13 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
     ```
     """
     check_choice("kind", kind, _FEATURE_KINDS)
-    ref = _as_matrix("reference", reference, min_rows=2)
+    ref = check_samples("reference", reference, min_rows=2)
     dim = ref.shape[1]
     if kind == "pixels":
+        from keras_ambient.memorization.features import pixel_features  # the one "pixels"
+
         def pixels(images):
-            f = _as_matrix("images", images)
+            f = pixel_features(images).astype("float64")
             if f.shape[1] != dim:
                 raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
             return f
@@ -344,17 +330,16 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
                 f"`num_features` must be <= min(num_images, num_pixels)={min(ref.shape)} for kind='pca'. "
                 f"Received: num_features={num_features}"
             )
-        mean = ref.mean(axis=0)
-        _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
-        basis = vt[:num_features].T
-        # A fixed sign per component (SVD signs are arbitrary).
-        basis = basis * np.where(basis[np.argmax(np.abs(basis), axis=0), np.arange(num_features)] < 0, -1.0, 1.0)
+        from sklearn.decomposition import PCA
+
+        # The full SVD: deterministic, with scikit-learn's fixed sign per component.
+        fitted = PCA(n_components=num_features, svd_solver="full").fit(ref)
 
         def pca(images):
-            f = _as_matrix("images", images)
+            f = check_samples("images", images)
             if f.shape[1] != dim:
                 raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
-            return (f - mean) @ basis
+            return fitted.transform(f)
         return pca
     if labels is None:
         raise ValueError("kind='classifier' needs the class `labels` of `reference`. Received: labels=None")
@@ -374,7 +359,7 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
     w, b = clf.coefs_[0], clf.intercepts_[0]
 
     def classifier(images):
-        f = _as_matrix("images", images)
+        f = check_samples("images", images)
         if f.shape[1] != dim:
             raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
         return np.maximum(f @ w + b, 0.0)
@@ -401,8 +386,8 @@ def frechet_image_distance(images_a, images_b, features=None):
     """
     if features is not None and not callable(features):
         raise TypeError(f"`features` must be a callable or None. Received: features={features!r}")
-    a = _as_matrix("images_a", images_a, min_rows=2)
-    b = _as_matrix("images_b", images_b, min_rows=2)
+    a = check_samples("images_a", images_a, min_rows=2)
+    b = check_samples("images_b", images_b, min_rows=2)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"`images_a` and `images_b` must have samples of the same size. "
                          f"Received: {a.shape[1]} and {b.shape[1]} values per sample")

@@ -34,7 +34,7 @@ class FourierEmbedding(keras.layers.Layer):
         if self.dim % 2:
             raise ValueError(f"`dim` must be even. Received: dim={dim}")
         self.scale = check_scalar("scale", scale, minimum=0, min_inclusive=False)
-        self.seed = seed
+        self.seed = check_int("seed", seed, minimum=0, allow_none=True)
 
     def build(self, input_shape):
         self.frequencies = self.add_weight(

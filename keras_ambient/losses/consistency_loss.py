@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_ambient import equations
 from keras_ambient.utils.structures import repeat_condition
-from keras_ambient.utils.validation import check_choice, check_int, check_scalar
+from keras_ambient.utils.validation import check_bool, check_choice, check_int, check_scalar
 
 STARTS = ("ambient", "data")
 S_DISTRIBUTIONS = ("uniform", "log_uniform")
@@ -105,8 +105,8 @@ class ConsistencyLoss:
         self.s_distribution = check_choice("s_distribution", s_distribution, S_DISTRIBUTIONS)
         self.sigma_min = check_scalar("sigma_min", sigma_min, minimum=0, min_inclusive=False)
         self.max_gap = check_scalar("max_gap", max_gap, minimum=0, min_inclusive=False, allow_none=True)
-        self.stop_gradient_target = bool(stop_gradient_target)
-        self.backprop_through_chain = bool(backprop_through_chain)
+        self.stop_gradient_target = check_bool("stop_gradient_target", stop_gradient_target)
+        self.backprop_through_chain = check_bool("backprop_through_chain", backprop_through_chain)
         self.batch_fraction = check_scalar("batch_fraction", batch_fraction, minimum=0,
                                            maximum=1, min_inclusive=False)
         self.num_draws = check_int("num_draws", num_draws, minimum=2)

@@ -8,6 +8,8 @@ identifiers accepted across `keras_ambient.memorization` into one.
 import keras
 import numpy as np
 
+from keras_ambient.utils.validation import check_samples
+
 
 def pixel_features(images):
     """Raw pixels, flattened: `(n, ...) -> (n, prod(...))` float32.
@@ -23,10 +25,7 @@ def pixel_features(images):
     f = ka.memorization.pixel_features(x_train[:4])   # (4, 64) for digits
     ```
     """
-    images = np.asarray(images, dtype="float32")
-    if images.ndim < 1:
-        raise ValueError(f"`images` must have a batch axis. Received: images with shape {images.shape}")
-    return images.reshape(images.shape[0], -1)
+    return check_samples("images", images, min_rows=0, dtype="float32")
 
 
 def get_feature_extractor(identifier):
@@ -76,7 +75,6 @@ def get_feature_extractor(identifier):
 
 def _extract_features(feature_extractor, images, name="images"):
     """Applies `feature_extractor` and checks its output: `(n, d)` finite."""
-    from keras_ambient.memorization.neighbors import _as_feature_matrix
 
     images = np.asarray(images)
     if images.ndim < 2 or images.shape[0] == 0:
@@ -90,7 +88,7 @@ def _extract_features(feature_extractor, images, name="images"):
             "The feature extractor must return one feature vector per image, shape (n, d). "
             f"Received: features of shape {feats.shape} for {name} of shape {images.shape}"
         )
-    return _as_feature_matrix(f"features of {name}", feats)
+    return check_samples(f"features of {name}", feats, dtype="float32")
 
 
 def _batched_apply(fn, images, batch_size):

@@ -40,6 +40,16 @@ class KerasFeatureExtractor:
         self.model = model
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.preprocess = preprocess
+        if output is not None and (isinstance(output, bool) or not isinstance(output, (str, int))):
+            raise TypeError(
+                "`output` must be None, an output's name or its index. "
+                f"Received: output={output!r} of type {type(output).__name__}"
+            )
+        if input_key is not None and not isinstance(input_key, str):
+            raise TypeError(
+                "`input_key` must be None or the name of the model's image input. "
+                f"Received: input_key={input_key!r} of type {type(input_key).__name__}"
+            )
         self.output = output
         self.input_key = input_key
 

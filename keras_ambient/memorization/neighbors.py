@@ -4,35 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ambient.utils.validation import check_choice, check_int
+from keras_ambient.utils.validation import check_choice, check_int, check_samples
 
 METRICS = ("cosine", "l2")
-
-
-def _as_feature_matrix(name, x, allow_empty=False):
-    """Checks that `x` is a finite numeric array with a batch axis and returns
-    it as a float32 `(n, d)` NumPy matrix (trailing axes flattened)."""
-    try:
-        arr = np.asarray(x)
-    except Exception as e:  # pragma: no cover - exotic inputs
-        raise TypeError(f"`{name}` must be an array. Received: {name} of type {type(x).__name__}") from e
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"`{name}` must hold real numbers. Received: {name} with dtype {arr.dtype}"
-        )
-    if arr.ndim < 2:
-        raise ValueError(
-            f"`{name}` must have a batch axis and at least one feature axis, "
-            f"i.e. shape (n, ...). Received: {name} with shape {arr.shape}"
-        )
-    if arr.shape[0] == 0 and not allow_empty:
-        raise ValueError(f"`{name}` must not be empty. Received: {name} with shape {arr.shape}")
-    arr = arr.reshape(arr.shape[0], -1).astype("float32")
-    if arr.shape[1] == 0:
-        raise ValueError(f"`{name}` has no features. Received: {name} with shape {np.shape(x)}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` must be finite. Received: {name} with NaN or Inf values")
-    return arr
 
 
 def _l2_normalize(features, epsilon=1e-12):
@@ -100,8 +74,8 @@ def _search(queries, references, metric, k, query_batch_size, reference_batch_si
     k = check_int("k", k, minimum=1)
     query_batch_size = check_int("query_batch_size", query_batch_size, minimum=1)
     reference_batch_size = check_int("reference_batch_size", reference_batch_size, minimum=1)
-    q = _as_feature_matrix("queries", queries)
-    r = _as_feature_matrix("references", references)
+    q = check_samples("queries", queries, dtype="float32")
+    r = check_samples("references", references, dtype="float32")
     if q.shape[1] != r.shape[1]:
         raise ValueError(
             "`queries` and `references` must have the same number of features. "

@@ -3,7 +3,7 @@ import numpy as np
 from keras_ambient.memorization.features import _extract_features, get_feature_extractor
 from keras_ambient.memorization.neighbors import _num_blocks, _progbar, _search
 from keras_ambient.memorization.report import MemorizationReport, _threshold_key
-from keras_ambient.utils.validation import check_int, check_scalar
+from keras_ambient.utils.validation import check_bool, check_int, check_scalar
 
 DEFAULT_THRESHOLDS = (0.95, 0.90)
 
@@ -44,14 +44,19 @@ class SimilarityIndex:
                  query_batch_size=1024, reference_batch_size=8192):
         self.feature_extractor = get_feature_extractor(feature_extractor)
         self._extractor_name = _describe(feature_extractor)
-        self.center = bool(center)
-        thresholds = tuple(float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype="float64")))
+        self.center = check_bool("center", center)
+        try:
+            thresholds = tuple(float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype="float64")))
+        except (TypeError, ValueError):
+            thresholds = ()
         if not thresholds or not all(-1.0 <= t <= 1.0 for t in thresholds):
             raise ValueError(
                 f"`thresholds` must be cosine similarities in [-1, 1]. Received: thresholds={thresholds}"
             )
         self.thresholds = thresholds
-        self.ratio_threshold = check_scalar("ratio_threshold", ratio_threshold, minimum=0, min_inclusive=False)
+        # The ratio test compares nearest / second-nearest distance, which is at most 1.
+        self.ratio_threshold = check_scalar("ratio_threshold", ratio_threshold, minimum=0,
+                                            maximum=1, min_inclusive=False)
         self.query_batch_size = check_int("query_batch_size", query_batch_size, minimum=1)
         self.reference_batch_size = check_int("reference_batch_size", reference_batch_size, minimum=1)
         references = np.asarray(references)

@@ -1,1 +1,2 @@
 from keras_ambient.models.ambient_diffusion import AmbientDiffusion
+from keras_ambient.models.loading import load_model

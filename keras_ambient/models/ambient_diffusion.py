@@ -9,6 +9,7 @@ from keras_ambient import samplers as samplers_lib
 from keras_ambient.callbacks.terminate_on_non_finite import TerminateOnNonFinite
 from keras_ambient.layers.denoiser import Denoiser
 from keras_ambient.layers.edm_denoiser import EDMDenoiser
+from keras_ambient.models.loading import check_save_path
 from keras_ambient.pretrained.lora import enable_lora
 from keras_ambient.losses.ambient_loss import AmbientLoss
 from keras_ambient.losses.consistency_loss import ConsistencyLoss
@@ -23,6 +24,7 @@ from keras_ambient.utils.validation import (
     check_choice,
     check_finite_array,
     check_int,
+    check_int_tuple,
     check_noise_levels,
     check_scalar,
 )
@@ -149,13 +151,14 @@ class AmbientDiffusion(keras.Model):
         network=ka.networks.UNet(image_shape=(8, 8, 1), base_channels=32,
                                  channel_multipliers=(1, 2)),
         sigma_n=0.2, consistency_weight=30.0, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(2e-4))
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        2e-3, decay_steps=20 * len(y) // 64, alpha=0.05)))
     model.fit(y, batch_size=64, epochs=20)
     samples = model.generate(64, seed=0)                      # to sigma = 0
     smooth = model.generate(64, seed=0, mode="truncated")     # D(x; sigma_n)
     x0_hat = model.denoise(y[:8], 0.2)                        # E[x0 | x_0.2]
     model.save("ambient.keras")
-    model = keras.models.load_model("ambient.keras")
+    model = ka.models.load_model("ambient.keras")
     ```
 
     References:
@@ -239,6 +242,8 @@ class AmbientDiffusion(keras.Model):
                     enable_lora(den.network, self.lora_rank, lora_alpha=self.lora_alpha,
                                 allow_enabled=True)
 
+        if data_shape is not None:
+            data_shape = check_int_tuple("data_shape", data_shape, minimum=1)
         raw = self.denoiser.network
         if getattr(raw, "inputs", None) and len(raw.inputs) and not isinstance(raw.inputs, dict):
             inferred = tuple(raw.inputs[0].shape[1:])
@@ -316,6 +321,7 @@ class AmbientDiffusion(keras.Model):
         if training:
             return data
         data = ops.cast(data, "float32")
+        self._check_batch_shape(data)  # validation batches and predict reach the network here
         denoiser = self._denoiser_for(use_ema=True)
         net_inputs = [data, self._batch_sigma_n(data, sigma_n)]
         if condition is not None:
@@ -348,14 +354,17 @@ class AmbientDiffusion(keras.Model):
             )
         return sigma_n
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        data, sigma_n, condition, batch_weight = batches.unpack(x, y, sample_weight)
-        data = ops.cast(data, "float32")
+    def _check_batch_shape(self, data):
         if self.data_shape is not None and not _shape_matches(data.shape[1:], self.data_shape):
             raise ValueError(
                 f"The data must have samples of shape {self.data_shape} (the network's "
                 f"input). Received: a batch of shape {tuple(data.shape)}"
             )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        data, sigma_n, condition, batch_weight = batches.unpack(x, y, sample_weight)
+        data = ops.cast(data, "float32")
+        self._check_batch_shape(data)
         self._check_condition_given(condition)
         sigma_n = self._batch_sigma_n(data, sigma_n)
 
@@ -845,6 +854,13 @@ class AmbientDiffusion(keras.Model):
         return np.concatenate(outs, axis=0)
 
     # ---------------------------------------------------------- serialization
+    def save(self, filepath, overwrite=True, **kwargs):
+        """Saves the whole model to a native `.keras` file (legacy `.h5` is refused).
+
+        Load it back with `keras_ambient.models.load_model` (or `keras.models.load_model`).
+        """
+        return super().save(check_save_path(filepath), overwrite=overwrite, **kwargs)
+
     def get_config(self):
         return {
             "name": self.name,

@@ -17,7 +17,7 @@ class SeededInitializers:
     """
 
     def __init__(self, seed):
-        self.seed = seed
+        self.seed = check_int("seed", seed, minimum=0, allow_none=True)
         self._count = 0
 
     def next_seed(self):

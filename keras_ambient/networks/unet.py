@@ -3,7 +3,7 @@ import math
 import keras
 
 from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
-from keras_ambient.utils.validation import check_int, check_scalar
+from keras_ambient.utils.validation import check_int, check_int_tuple, check_scalar
 
 
 def _groups(channels, num_groups):
@@ -86,18 +86,8 @@ class UNet(keras.Model):
                  num_res_blocks=2, attention_resolutions=(), num_heads=4, dropout=0.0,
                  embedding="positional", embedding_dim=None, num_classes=None,
                  condition_dim=None, num_groups=8, seed=None, **kwargs):
-        image_shape = tuple(int(d) for d in image_shape)
-        if len(image_shape) != 3:
-            raise ValueError(
-                "`image_shape` must be (height, width, channels). "
-                f"Received: image_shape={image_shape}"
-            )
-        channel_multipliers = tuple(int(m) for m in channel_multipliers)
-        if not channel_multipliers or min(channel_multipliers) < 1:
-            raise ValueError(
-                "`channel_multipliers` must be a non-empty list of positive integers. "
-                f"Received: channel_multipliers={channel_multipliers}"
-            )
+        image_shape = check_int_tuple("image_shape", image_shape, length=3, minimum=1)
+        channel_multipliers = check_int_tuple("channel_multipliers", channel_multipliers, minimum=1)
         factor = 2 ** (len(channel_multipliers) - 1)
         if image_shape[0] % factor or image_shape[1] % factor:
             raise ValueError(
@@ -112,7 +102,16 @@ class UNet(keras.Model):
             "embedding_dim", embedding_dim if embedding_dim is not None else max(base_channels, 16),
             minimum=4,
         )
-        attention_resolutions = tuple(int(r) for r in attention_resolutions)
+        attention_resolutions = check_int_tuple("attention_resolutions", attention_resolutions,
+                                                minimum=1, allow_empty=True)
+        resolutions = [image_shape[0] // 2 ** level for level in range(len(channel_multipliers))]
+        if any(r not in resolutions for r in attention_resolutions):
+            raise ValueError(
+                f"`attention_resolutions` must be feature-map heights of this U-Net, {resolutions} "
+                f"for image height {image_shape[0]}. Received: attention_resolutions="
+                f"{attention_resolutions}"
+            )
+        num_groups = check_int("num_groups", num_groups, minimum=1)
         emb_width = 4 * base_channels
 
         x_in = keras.Input(shape=image_shape, name="x")

@@ -1,4 +1,4 @@
-"""PNG writing for sample grids (NumPy + zlib only; no Pillow needed).
+"""Pictures of samples: image grids, scatter plots of 2-D points, PNG files (Pillow).
 
 Shared by `ka.callbacks.SampleGrid`, the `keras-ambient` command line, the
 examples and the guides:
@@ -12,15 +12,13 @@ examples and the guides:
 - `save_image_grid(path, images)`: `to_picture` + `write_png`.
 """
 
+import io
 import math
 import os
-import struct
-import zlib
 
 import numpy as np
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
 
 
 def _as_float_array(name, x):
@@ -83,7 +81,7 @@ def image_grid(images, num_columns=None, value_range=(-1.0, 1.0), padding=1, sca
     x = _as_float_array("images", images)
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[0] < 1 or x.shape[-1] not in _COLOR_TYPES:
+    if x.ndim != 4 or x.shape[0] < 1 or x.shape[-1] not in _MODES:
         raise ValueError(
             "`images` must have shape (n, height, width) or (n, height, width, channels) "
             f"with n >= 1 and 1, 3 or 4 channels. Received: images with shape {x.shape}"
@@ -204,23 +202,20 @@ def to_picture(samples, value_range=(-1.0, 1.0), scale=None, num_columns=None, r
     )
 
 
-def _chunk(kind, data):
-    body = kind + data
-    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-
-
 def encode_png(picture):
-    """Encodes a uint8 `(H, W)` / `(H, W, c)` array (c in 1..4) as PNG bytes.
+    """Encodes a uint8 `(H, W)` / `(H, W, c)` array (c in 1..4) as PNG bytes (Pillow).
 
     Example:
     ```python
     data = encode_png(np.zeros((4, 4), "uint8"))
     ```
     """
+    from PIL import Image
+
     a = np.asarray(picture)
     if a.ndim == 2:
         a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in _COLOR_TYPES or a.shape[0] < 1 or a.shape[1] < 1:
+    if a.ndim != 3 or a.shape[-1] not in _MODES or a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(
             "`picture` must have shape (height, width) or (height, width, channels) with "
             f"1-4 channels. Received: picture with shape {a.shape}"
@@ -230,15 +225,11 @@ def encode_png(picture):
             "`picture` must be uint8 (use `to_uint8` or `image_grid`). "
             f"Received: picture with dtype {a.dtype}"
         )
-    h, w, c = a.shape
-    raw = np.concatenate([np.zeros((h, 1), "uint8"), a.reshape(h, w * c)], axis=1)
-    header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPES[c], 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + _chunk(b"IEND", b"")
-    )
+    channels = a.shape[-1]
+    image = Image.fromarray(np.ascontiguousarray(a[..., 0] if channels == 1 else a))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_png(path, picture):
@@ -284,41 +275,26 @@ def save_image_grid(path, samples, value_range=(-1.0, 1.0), scale=None, num_colu
 
 
 def read_png(path):
-    """Reads a PNG written by `write_png` (8-bit, no interlace) into uint8 `(H, W, c)`.
+    """Reads a PNG file into a uint8 `(H, W, c)` array (Pillow; c = 1, 2, 3 or 4).
 
-    Only the subset of PNG that `write_png` produces is supported (filter type
-    0 on every row); other files raise `ValueError`. Meant for tests and quick
-    checks; use Pillow for general files.
+    Palette and 16-bit files are converted to 8-bit RGB(A) / grey.
 
     Example:
     ```python
     pic = read_png("samples.png")
     ```
     """
-    with open(os.fspath(path), "rb") as f:
-        data = f.read()
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"Not a PNG file. Received: path={path!r}")
-    pos, idat, header = len(_PNG_SIGNATURE), b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            raise ValueError(f"Corrupt PNG chunk {kind!r}. Received: path={path!r}")
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    if header is None:
-        raise ValueError(f"PNG without IHDR. Received: path={path!r}")
-    w, h, depth, color, _, _, interlace = header
-    channels = {v: k for k, v in _COLOR_TYPES.items()}.get(color)
-    if depth != 8 or interlace != 0 or channels is None:
-        raise ValueError(f"Unsupported PNG (depth {depth}, colour type {color}). Received: path={path!r}")
-    raw = np.frombuffer(zlib.decompress(idat), dtype="uint8").reshape(h, 1 + w * channels)
-    if np.any(raw[:, 0] != 0):
-        raise ValueError(f"Unsupported PNG row filter. Received: path={path!r}")
-    return raw[:, 1:].reshape(h, w, channels).copy()
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(os.fspath(path)) as image:
+            if image.format != "PNG":
+                raise ValueError(f"Not a PNG file ({image.format}). Received: path={path!r}")
+            if image.mode not in _MODES.values():
+                has_alpha = "A" in image.mode or "transparency" in image.info
+                image = image.convert("RGBA" if has_alpha else
+                                      ("L" if image.mode.startswith(("I", "F")) else "RGB"))
+            a = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"Not a readable PNG file ({e}). Received: path={path!r}") from e
+    return a[..., None].copy() if a.ndim == 2 else a.copy()

@@ -113,3 +113,93 @@ def check_finite_array(name, x):
             f"silently corrupt the model; clean or drop those samples. "
             f"Received: {name} with non-finite values"
         )
+
+
+def check_bool(name, value):
+    """A Python bool (or NumPy bool); strings such as "yes" are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"`{name}` must be True or False. Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return bool(value)
+
+
+def check_path(name, value):
+    """A non-empty str or os.PathLike; returns it as a str."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"`{name}` must be a path (str or os.PathLike). Received: {name}={value!r} "
+            f"of type {type(value).__name__}"
+        )
+    path = os.fspath(value)
+    if not path:
+        raise ValueError(f"`{name}` must be a non-empty path. Received: {name}={value!r}")
+    return path
+
+
+def check_seed(name, value):
+    """`None`, a non-negative integer, or a `keras.random.SeedGenerator`."""
+    if value is None or type(value).__name__ == "SeedGenerator":
+        return value
+    return check_int(name, value, minimum=0)
+
+
+def check_range(name, value):
+    """A `(low, high)` pair of finite reals with `low < high`."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if isinstance(value, str) or not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(
+            f"`{name}` must be a (low, high) pair of finite numbers with low < high. "
+            f"Received: {name}={value!r}"
+        )
+    return low, high
+
+
+def check_int_tuple(name, value, *, length=None, minimum=None, allow_empty=False):
+    """A list/tuple of integers (each >= `minimum`, `length` of them if given); returns a tuple."""
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ok = ok and (length is None or len(value) == length) and (allow_empty or len(value) > 0)
+    ok = ok and (minimum is None or all(v >= minimum for v in value))
+    if not ok:
+        what = f"{length} integers" if length is not None else "a list of integers"
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"`{name}` must be {what}{bound}. Received: {name}={value!r}")
+    return tuple(int(v) for v in value)
+
+
+def check_samples(name, x, *, min_rows=1, allow_1d=False, dtype="float64"):
+    """A finite real array of samples as an `(n, d)` NumPy matrix (trailing axes flattened).
+
+    The one validator of sample matrices (evaluation metrics, nearest neighbours,
+    feature extractors). A 1-D array is `n` scalar samples when `allow_1d`, an
+    error otherwise; `min_rows=0` admits an empty array.
+    """
+    try:
+        arr = np.asarray(x)
+    except Exception as e:  # noqa: BLE001  (ragged lists and exotic objects)
+        raise TypeError(f"`{name}` must be a numeric array. Received: {name} of type "
+                        f"{type(x).__name__}") from e
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must be a numeric array of real numbers. Received: {name} "
+                        f"with dtype {arr.dtype}")
+    if arr.ndim == 1 and allow_1d:
+        arr = arr[:, None]
+    if arr.ndim < 2:
+        raise ValueError(f"`{name}` must be an array of samples with shape (n, dim) or (n, ...). "
+                         f"Received: {name} with shape {arr.shape}")
+    if arr.shape[0] < min_rows:
+        what = "must not be empty" if min_rows == 1 else f"must hold at least {min_rows} samples"
+        raise ValueError(f"`{name}` {what}. Received: {name} with shape {arr.shape}")
+    arr = arr.reshape(arr.shape[0], -1).astype(dtype)
+    if arr.shape[1] == 0:
+        raise ValueError(f"`{name}` has no features. Received: {name} with shape {np.shape(x)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite. Received: {name} with "
+                         f"{int(np.sum(~np.isfinite(arr)))} NaN/Inf values")
+    return arr

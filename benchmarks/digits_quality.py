@@ -88,6 +88,9 @@ def parse_args(argv=None):
                    help="samples per model (default 0: as many as the training digits, 1438, the "
                         "count of the reference rows: FD depends on the count)")
     p.add_argument("--sampling-steps", type=int, default=18)
+    p.add_argument("--final-sigma", type=float, default=0.05,
+                   help="also sample the full-sampling models with the levels ending at this sigma_min "
+                        "(the last step jumps to D(x; sigma_min)); row suffix [smin]. 0 turns it off")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--summarize", default=None,
                    help="comma list of --json files (e.g. seeds run side by side): print their "
@@ -250,6 +253,9 @@ def train_and_sample(name, sigma, seed, args, x_train):
     # The same model with the denoiser clipped to the data range [-1, 1] (as the main job samples).
     extra = {"[clip]": model.generate(num_samples, num_steps=args.sampling_steps, mode=cfg["mode"], seed=seed,
                                       batch_size=num_samples, clip_denoised=(-1, 1))}
+    if cfg["mode"] == "full" and args.final_sigma > 0:  # the last level: model.sigma_min or larger
+        extra["[smin]"] = model.generate(num_samples, num_steps=args.sampling_steps, mode="full", seed=seed,
+                                         batch_size=num_samples, sigma_min=args.final_sigma)
     if name == "ambient_cons":  # the same model, truncated: is full sampling worth it?
         for suffix, clip in (("(truncated)", None), ("(truncated)[clip]", (-1, 1))):
             extra[suffix] = model.generate(num_samples, num_steps=args.sampling_steps, mode="truncated",
@@ -339,16 +345,18 @@ def print_summary(rows):
     found = False
     for (b, m, s), r in sorted(means.items()):
         clip = m.endswith("[clip]")
+        suffix = m[len("ambient_cons"):]  # "", "[clip]" or "[smin]" (full sampling ending at --final-sigma)
         t = means.get((b, "truncated[clip]" if clip else "truncated", s))
-        if m not in ("ambient_cons", "ambient_cons[clip]") or t is None:
+        if m not in ("ambient_cons", "ambient_cons[clip]", "ambient_cons[smin]") or t is None:
             continue
         found = True
-        o = means.get((b, "oracle[clip]" if clip else "oracle", 0.0), {})
+        o = means.get((b, "oracle" + suffix, 0.0), {})
 
         def verdict(ok):
             return "met" if ok else "missed"
 
-        print(f"  {b} sigma_n={s:g}{' clip_denoised=(-1, 1)' if clip else ''}: residual noise "
+        label = {"[clip]": " clip_denoised=(-1, 1)", "[smin]": " levels ending at --final-sigma"}.get(suffix, "")
+        print(f"  {b} sigma_n={s:g}{label}: residual noise "
               f"{r['residual_noise']:.3f} vs truncated {t['residual_noise']:.3f} "
               f"(goal <= +0.01: {verdict(r['residual_noise'] <= t['residual_noise'] + 0.01)}); "
               f"FD_clf {r['fd_classifier']:.3f} vs {t['fd_classifier']:.3f} "

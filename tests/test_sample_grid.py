@@ -65,6 +65,11 @@ def test_image_grid_layout_and_values():
     assert grid[4, 5, 0] == 0  # empty 4th cell
     big = images_lib.image_grid(x[:1], scale=3, padding=0)
     assert big.shape == (6, 9, 1)
+    white = images_lib.image_grid(x, num_columns=2, padding=1, pad_value=255)
+    assert white[0].min() == 255 and white[4, 5, 0] == 255  # border and empty cell
+    np.testing.assert_array_equal(white[1:3, 1:4], grid[1:3, 1:4])  # the tiles are unchanged
+    with pytest.raises(ValueError, match="Received: pad_value=256"):
+        images_lib.image_grid(x, pad_value=256)
 
 
 def test_picture_errors():

@@ -318,7 +318,7 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
         from keras_ambient.memorization.features import pixel_features  # the one "pixels"
 
         def pixels(images):
-            f = pixel_features(images).astype("float64")
+            f = pixel_features(check_samples("images", images)).astype("float64")
             if f.shape[1] != dim:
                 raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
             return f

@@ -57,7 +57,8 @@ def to_uint8(images, value_range=(-1.0, 1.0)):
     return np.clip(np.round(x * 255.0), 0, 255).astype("uint8")
 
 
-def image_grid(images, num_columns=None, value_range=(-1.0, 1.0), padding=1, scale=1):
+def image_grid(images, num_columns=None, value_range=(-1.0, 1.0), padding=1, scale=1,
+               pad_value=0):
     """Tiles a batch of images into one uint8 picture.
 
     Args:
@@ -66,9 +67,11 @@ def image_grid(images, num_columns=None, value_range=(-1.0, 1.0), padding=1, sca
             keras_ambient).
         num_columns: images per row (default: `ceil(sqrt(n))`).
         value_range: `(low, high)` mapped to black and white.
-        padding: pixels of black border between images.
+        padding: pixels of border between images.
         scale: integer upscaling factor (nearest neighbour), handy for 8x8
             digits.
+        pad_value: uint8 value of the border and of empty cells (0 black,
+            255 white).
 
     Returns:
         A uint8 array `(H, W, c)`.
@@ -98,15 +101,18 @@ def image_grid(images, num_columns=None, value_range=(-1.0, 1.0), padding=1, sca
         raise ValueError(
             f"`scale` must be >= 1 and `padding` >= 0. Received: scale={scale}, padding={padding}"
         )
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) \
+            or not 0 <= pad_value <= 255:
+        raise ValueError(f"`pad_value` must be an integer in [0, 255]. Received: pad_value={pad_value!r}")
     tiles = to_uint8(x, value_range)
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
         h, w = h * scale, w * scale
     num_columns = min(num_columns, n)
     num_rows = int(math.ceil(n / num_columns))
-    out = np.zeros(
+    out = np.full(
         (num_rows * (h + padding) + padding, num_columns * (w + padding) + padding, c),
-        dtype="uint8",
+        pad_value, dtype="uint8",
     )
     for i in range(n):
         r, col = divmod(i, num_columns)

@@ -18,6 +18,12 @@ global batch: one stream, nothing to do.)
 """
 
 import keras
+
+# Private Keras API, the library's only import from `keras.src`: no public class marks
+# an object whose state `save_weights` / `save` must write. Tested on Keras 3.15.1
+# (pyproject.toml bounds keras below 3.16 until the suite passes on a newer minor);
+# tests/test_resume.py and the seed-state tests in tests/test_reliability.py fail if it
+# stops working.
 from keras.src.saving.keras_saveable import KerasSaveable
 
 from keras_ambient.utils.distribute import REPLICA_STRIDE, replica_id_and_count

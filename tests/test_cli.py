@@ -169,6 +169,17 @@ def test_train_and_sample_vectors(capsys, tmp_path):
     # The last Euler step x + (0 - sigma)(x - D)/sigma returns D up to float32 rounding.
     assert status == 0 and clipped.min() >= -1.0 - 1e-6 and clipped.max() <= 1.0 + 1e-6
     assert np.abs(s1).max() > 1.0  # the data (std 1) leave [-1, 1]: the clip shows
+    status, _, err = run(capsys, "sample", out_dir / "model.keras", "--num", "5", "--steps", "3",
+                         "--out", tmp_path / "m.npz", "--verbose", "0", "--sigma-min", "0.05")
+    assert status == 0, err
+    import keras_ambient as ka
+
+    expected = ka.models.load_model(out_dir / "model.keras").generate(5, num_steps=3, seed=0, sigma_min=0.05)
+    np.testing.assert_allclose(np.load(tmp_path / "m.npz")["x"], expected, atol=1e-5)
+    assert not np.allclose(expected, s1, atol=1e-3)  # the last level matters
+    with pytest.raises(SystemExit):
+        run(capsys, "sample", out_dir / "model.keras", "--sigma-min", "0")
+    assert "--sigma-min: expected a positive number" in capsys.readouterr().err
     status, _, _ = run(capsys, "sample", out_dir / "model.keras", "--num", "5", "--steps", "3",
                        "--mode", "truncated", "--out", tmp_path / "sub" / "t.png", "--verbose", "0")
     assert status == 0 and read_png(tmp_path / "sub" / "t.png").shape == (256, 256, 1)

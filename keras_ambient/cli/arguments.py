@@ -141,6 +141,10 @@ def build_parser():
     s.add_argument("--mode", choices=("full", "truncated"), default="full",
                    help="'full' (to sigma = 0) or 'truncated' (posterior mean at the model's sigma_n)")
     s.add_argument("--sampler", choices=("heun", "euler", "euler_ancestral"), default="heun")
+    s.add_argument("--sigma-min", type=_positive_float, default=None,
+                   help="full sampling: the last noise level before the final step to D(x; sigma_min) "
+                        "(default: the model's, 0.002; coarsely quantized data such as the 8x8 digits "
+                        "sample better with a larger one, e.g. 0.05: docs/consistency.md)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--out", default="samples.png", help="output file: .png (a grid) or .npz (default samples.png)")

@@ -28,7 +28,8 @@ def cmd_sample(args):
         )
     x = model.generate(args.num, num_steps=args.steps, sampler=args.sampler, mode=args.mode,
                        seed=args.seed, batch_size=args.batch_size, use_ema=not args.no_ema,
-                       verbose=args.verbose, clip_denoised=(-1.0, 1.0) if args.clip_denoised else None)
+                       verbose=args.verbose, clip_denoised=(-1.0, 1.0) if args.clip_denoised else None,
+                       sigma_min=args.sigma_min)
     parent = os.path.dirname(out)
     if parent:
         os.makedirs(parent, exist_ok=True)

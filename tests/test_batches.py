@@ -177,3 +177,19 @@ def test_the_reported_loss_stays_finite_with_bad_samples():
     ds = tf.data.Dataset.from_tensor_slices({"data": y, "sigma_n": levels}).batch(N)
     bad = make_model(False).evaluate(ds, verbose=0, return_dict=True)
     assert bad["bad_samples"] == 1.0 and np.isfinite(bad["loss"])
+
+
+def test_map_in_batches_pads_to_one_shape_and_trims():
+    from keras_ambient.utils.structures import map_in_batches
+
+    x = np.arange(10, dtype="float32")[:, None]
+    seen, rows = [], []
+    out = map_in_batches(lambda b: (seen.append(len(b)), 2 * b)[1], x, 4, pad=True, on_batch=rows.append)
+    np.testing.assert_array_equal(out, 2 * x)
+    assert seen == [4, 4, 4] and rows == [4, 4, 2]
+    seen.clear()
+    np.testing.assert_array_equal(map_in_batches(lambda b: (seen.append(len(b)), b)[1], x, 4), x)
+    assert seen == [4, 4, 2]  # no padding unless asked
+    seen.clear()
+    map_in_batches(lambda b: (seen.append(len(b)), b)[1], x[:3], 4, pad=True)
+    assert seen == [3]  # one batch: nothing to pad for

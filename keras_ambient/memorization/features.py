@@ -8,6 +8,7 @@ identifiers accepted across `keras_ambient.memorization` into one.
 import keras
 import numpy as np
 
+from keras_ambient.utils.structures import map_in_batches
 from keras_ambient.utils.validation import check_samples
 
 
@@ -96,19 +97,5 @@ def _extract_features(feature_extractor, images, name="images"):
 
 
 def _batched_apply(fn, images, batch_size):
-    """Applies `fn` over batches of `images` and concatenates the results.
-
-    When there is more than one batch, the last one is padded (by repeating
-    its final image) to `batch_size`, so a compiled function (JAX, XLA) sees
-    a single batch shape; the padded rows are dropped.
-    """
-    n = len(images)
-    outs = []
-    for i in range(0, n, batch_size):
-        batch = images[i:i + batch_size]
-        m = len(batch)
-        if n > batch_size and m < batch_size:
-            pad = np.repeat(batch[-1:], batch_size - m, axis=0)
-            batch = np.concatenate([batch, pad], axis=0)
-        outs.append(np.asarray(fn(batch))[:m])
-    return np.concatenate(outs, axis=0)
+    """`fn` over padded batches of `images` (one compiled batch shape)."""
+    return map_in_batches(fn, images, batch_size, pad=True)

@@ -8,6 +8,7 @@ from keras_ambient import samplers as samplers_lib
 from keras_ambient.data.noise import add_noise
 from keras_ambient.memorization.neighbors import _num_blocks, _progbar
 from keras_ambient.memorization.similarity_index import SimilarityIndex
+from keras_ambient.utils.structures import map_in_batches
 from keras_ambient.utils.validation import check_int, check_scalar
 
 
@@ -218,12 +219,7 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
 
     if is_model:
         def denoise_chunk(chunk, s):
-            m = len(chunk)
-            if n > batch_size and m < batch_size:
-                # Pad the last batch (as `denoise` does) so a compiled network
-                # sees one batch shape; each row is denoised independently.
-                chunk = np.concatenate([chunk, np.zeros((batch_size - m,) + chunk.shape[1:], chunk.dtype)])
-            return denoiser.denoise(chunk, s, use_ema=use_ema, batch_size=batch_size)[:m]
+            return denoiser.denoise(chunk, s, use_ema=use_ema, batch_size=batch_size)
     else:
         def denoise_chunk(chunk, s):
             out = np.asarray(ops.convert_to_numpy(denoiser(ops.convert_to_tensor(chunk), s)), dtype="float32")
@@ -235,11 +231,9 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
             return out
 
     def denoise_batch(z, s):
-        outs = []
-        for i in range(0, len(z), batch_size):
-            outs.append(denoise_chunk(z[i:i + batch_size], s))
-            tick()
-        return np.concatenate(outs, axis=0)
+        # A model sees padded batches (one compiled shape; each row is denoised independently).
+        return map_in_batches(lambda chunk: denoise_chunk(chunk, s), z, batch_size, pad=is_model,
+                              on_batch=lambda _: tick())
 
     def sample_model(y, s, draw_seed):
         kwargs = {}
@@ -292,11 +286,7 @@ def noise_attack(denoiser, x, sigma, *, num_draws=1, mmse=True, posterior=True,
 def _sample_callable(fn, y, sigma_start, sample_fn, num_steps, sigma_min, seed, batch_size, tick=None):
     sigmas = samplers_lib.edm_sigmas(num_steps, sigma_min, sigma_start)
     seed_gen = keras.random.SeedGenerator(seed)
-    outs = []
-    for i in range(0, len(y), batch_size):
-        out = samplers_lib.run_sampler(sample_fn, fn, ops.convert_to_tensor(y[i:i + batch_size]), sigmas,
-                                       seed=seed_gen)
-        outs.append(np.asarray(ops.convert_to_numpy(out), dtype="float32"))
-        if tick is not None:
-            tick()
-    return np.concatenate(outs, axis=0)
+    return map_in_batches(
+        lambda chunk: samplers_lib.run_sampler(sample_fn, fn, ops.convert_to_tensor(chunk), sigmas,
+                                               seed=seed_gen),
+        y, batch_size, on_batch=None if tick is None else (lambda _: tick()))

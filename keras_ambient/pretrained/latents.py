@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_ambient.utils.structures import map_in_batches
 from keras_ambient.utils.validation import check_int
 
 
@@ -43,11 +44,7 @@ def encode_images(encode_fn, images, batch_size=16, cache_path=None, verbose=0):
         if len(latents) == len(images):
             return latents
     bar = keras.utils.Progbar(len(images), verbose=1 if verbose else 0, unit_name="image")
-    outs = []
-    for i in range(0, len(images), batch_size):
-        outs.append(np.asarray(ops.convert_to_numpy(encode_fn(images[i:i + batch_size])), "float32"))
-        bar.add(len(outs[-1]))
-    latents = np.concatenate(outs, axis=0)
+    latents = map_in_batches(encode_fn, images, batch_size, on_batch=bar.add)
     if cache_path is not None:
         np.savez(cache_path, latents=latents)
     return latents
@@ -56,9 +53,8 @@ def encode_images(encode_fn, images, batch_size=16, cache_path=None, verbose=0):
 def decode_latents(decode_fn, latents, batch_size=16):
     """Decodes latents to images in [-1, 1] (clipped), in batches."""
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    outs = [np.asarray(ops.convert_to_numpy(decode_fn(np.asarray(latents[i:i + batch_size], "float32"))),
-                       "float32") for i in range(0, len(latents), batch_size)]
-    return np.clip(np.concatenate(outs, axis=0), -1.0, 1.0)
+    images = map_in_batches(decode_fn, np.asarray(latents, "float32"), batch_size)
+    return np.clip(images, -1.0, 1.0)
 
 
 def sd3_vae_codec(backbone):

@@ -43,3 +43,25 @@ def repeat_condition(condition, times=2):
     if condition is None:
         return None
     return keras.tree.map_structure(lambda a: ops.concatenate([a] * times, axis=0), condition)
+
+
+def map_in_batches(fn, x, batch_size, pad=False, on_batch=None):
+    """`fn` over `x[i:i + batch_size]`, outputs as float32 NumPy, concatenated.
+
+    The one batching loop of the library's NumPy-side helpers (feature
+    extractors, latent encoding, noise attacks). With `pad=True` and more than
+    one batch, the last batch is padded to `batch_size` by repeating its final
+    row, so a compiled function (JAX, XLA) sees a single batch shape; the padded
+    rows are dropped. `on_batch(num_rows)` is called after each batch (progress).
+    """
+    n = len(x)
+    outs = []
+    for i in range(0, n, batch_size):
+        batch = x[i:i + batch_size]
+        m = len(batch)
+        if pad and n > batch_size and m < batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)], axis=0)
+        outs.append(np.asarray(ops.convert_to_numpy(fn(batch)), dtype="float32")[:m])
+        if on_batch is not None:
+            on_batch(m)
+    return np.concatenate(outs, axis=0)

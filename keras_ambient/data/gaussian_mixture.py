@@ -22,6 +22,11 @@ class GaussianMixture:
     x = gm.sample(1000, seed=0)
     x0_hat = gm.posterior_mean(x + 0.5 * np.random.randn(*x.shape), sigma=0.5)
     ```
+
+    References:
+        - Daras, Dimakis, Daskalakis. "Consistent Diffusion Meets Tweedie: Training Exact
+          Ambient Diffusion Models with Noisy Data". ICML 2024, arXiv:2404.10177.
+        - docs/method.md (in this repository).
     """
 
     def __init__(self, means, stds, weights=None):

@@ -131,15 +131,14 @@ def estimate_noise_level(images, reference=None, quantile=None, per_image=False,
 
     Without `reference` this raw reading is returned. It is the classical MAD
     estimator for `quantile=0.5` and is accurate on large, smooth images, but
-    on tiny edge-rich images (8x8 digits) edges dominate: it reads about 0.26
-    on clean digits in [-1, 1]. With clean `reference` images of the same kind,
+    on tiny edge-rich images (8x8 digits) edges dominate and it reads well
+    above 0 on clean digits. With clean `reference` images of the same kind,
     the raw statistic is calibrated: it is measured on `reference + s z` for a
     grid of `s` (`noise_calibration_curve`) and the reading is mapped back
     through that curve, so the estimate reads ~0 on clean images and ~sigma on
-    images noised at sigma. On the built-in digits, calibrated on the train
-    split, it reads within ~4% of sigma on the test split noised at 0.1, 0.2
-    and 0.4, and 0 on clean test digits. Negative "noise" (images smoother than
-    the reference, e.g. posterior means) reads 0.
+    images noised at sigma (measured accuracy: docs/choosing_defaults.md).
+    Negative "noise" (images smoother than the reference, e.g. posterior
+    means) reads 0.
 
     Args:
         images: images `(n, h, w)` or `(n, h, w, c)`, `h, w >= 2`.
@@ -197,10 +196,10 @@ def estimate_noise_level_pca(images, max_tail=None):
     Zhu and Heng (ICCV 2015), the noise eigenvalues are the longest tail whose
     mean does not exceed its median; their mean estimates sigma^2.
 
-    It needs many images per pixel (on the 1438 train digits it reads within
-    ~7% of sigma at 0.1-0.4; on 359 test digits 17% low at 0.1) and clean data
-    with unused directions; `estimate_noise_level` with a reference is more
-    precise when clean images of the same kind exist.
+    It needs many images per pixel (it reads low on small sets:
+    docs/choosing_defaults.md) and clean data with unused directions;
+    `estimate_noise_level` with a reference is more precise when clean images
+    of the same kind exist.
 
     Args:
         images: images (or any samples) `(n, ...)`, flattened per sample;

@@ -18,6 +18,11 @@ class Denoiser(keras.Model):
 
     Args:
         network: the raw network being wrapped.
+
+    References:
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of Diffusion-Based
+          Generative Models" (EDM). NeurIPS 2022, arXiv:2206.00364.
+        - docs/method.md (in this repository).
     """
 
     def __init__(self, network, **kwargs):

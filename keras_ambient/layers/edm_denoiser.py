@@ -32,6 +32,11 @@ class EDMDenoiser(Denoiser):
     D = ka.layers.EDMDenoiser(net, sigma_data=0.5)
     x0_hat = D([x_noisy, keras.ops.full((len(x_noisy),), 0.3)])
     ```
+
+    References:
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of Diffusion-Based
+          Generative Models" (EDM). NeurIPS 2022, arXiv:2206.00364.
+        - docs/method.md (in this repository).
     """
 
     def __init__(self, network, sigma_data=0.5, **kwargs):

@@ -39,6 +39,13 @@ class FlowDenoiser(Denoiser):
     D = ka.layers.FlowDenoiser(ka.pretrained.SD3Diffuser(backbone.diffuser), shift=3.0)
     x0_hat = D([latents_noisy, keras.ops.full((4,), 0.5), condition])
     ```
+
+    References:
+        - Liu, Gong, Liu. "Flow Straight and Fast: Learning to Generate and Transfer Data
+          with Rectified Flow". ICLR 2023, arXiv:2209.03003.
+        - Esser et al. "Scaling Rectified Flow Transformers for High-Resolution Image
+          Synthesis" (Stable Diffusion 3). ICML 2024, arXiv:2403.03206.
+        - docs/method.md (in this repository).
     """
 
     def __init__(self, network, shift=3.0, timestep_scale=1000.0, logit_std=1.0, **kwargs):

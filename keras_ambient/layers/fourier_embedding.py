@@ -26,6 +26,13 @@ class FourierEmbedding(keras.layers.Layer):
     emb = ka.layers.FourierEmbedding(64)
     emb(keras.ops.array([0.1, -0.5]))  # shape (2, 64)
     ```
+
+    References:
+        - Tancik et al. "Fourier Features Let Networks Learn High Frequency Functions in Low
+          Dimensional Domains". NeurIPS 2020, arXiv:2006.10739.
+        - Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole. "Score-Based Generative
+          Modeling through Stochastic Differential Equations" (NCSN++). ICLR 2021,
+          arXiv:2011.13456.
     """
 
     def __init__(self, dim, scale=16.0, seed=None, **kwargs):

@@ -24,6 +24,12 @@ class PositionalEmbedding(keras.layers.Layer):
     emb = ka.layers.PositionalEmbedding(32)
     emb(keras.ops.array([0.1, -0.5]))  # shape (2, 32)
     ```
+
+    References:
+        - Vaswani et al. "Attention Is All You Need" (sinusoidal positional encoding).
+          NeurIPS 2017, arXiv:1706.03762.
+        - Ho, Jain, Abbeel. "Denoising Diffusion Probabilistic Models". NeurIPS 2020,
+          arXiv:2006.11239.
     """
 
     def __init__(self, dim, max_period=10000.0, scale=1.0, **kwargs):

@@ -45,6 +45,15 @@ class VPDenoiser(Denoiser):
                                 ambient_loss=ka.losses.AmbientLoss(
                                     noise_distribution="denoiser"))
     ```
+
+    References:
+        - Ho, Jain, Abbeel. "Denoising Diffusion Probabilistic Models". NeurIPS 2020,
+          arXiv:2006.11239.
+        - Salimans, Ho. "Progressive Distillation for Fast Sampling of Diffusion Models"
+          (v-prediction). ICLR 2022, arXiv:2202.00512.
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of Diffusion-Based
+          Generative Models" (EDM). NeurIPS 2022, arXiv:2206.00364.
+        - docs/method.md (in this repository).
     """
 
     def __init__(self, network, schedule=None, prediction="epsilon", **kwargs):

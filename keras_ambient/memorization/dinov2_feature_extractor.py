@@ -61,6 +61,13 @@ class DINOv2FeatureExtractor:
     # The paper's setting (GPU, downloads weights):
     f = ka.memorization.DINOv2FeatureExtractor(preset="dinov2_giant")
     ```
+
+    References:
+        - Oquab et al. "DINOv2: Learning Robust Visual Features without Supervision". TMLR
+          2024, arXiv:2304.07193.
+        - Somepalli, Singla, Goldblum, Geiping, Goldstein. "Diffusion Art or Digital
+          Forgery? Investigating Data Replication in Diffusion Models". CVPR 2023,
+          arXiv:2212.03860.
     """
 
     def __init__(self, backbone=None, preset=None, image_size=224, batch_size=64,

@@ -28,6 +28,11 @@ class KerasFeatureExtractor:
     f = ka.memorization.KerasFeatureExtractor(encoder)
     report = ka.memorization.measure_similarity(samples, x_train, feature_extractor=f)
     ```
+
+    References:
+        - Somepalli, Singla, Goldblum, Geiping, Goldstein. "Diffusion Art or Digital
+          Forgery? Investigating Data Replication in Diffusion Models". CVPR 2023,
+          arXiv:2212.03860.
     """
 
     def __init__(self, model, batch_size=256, preprocess=None, output=None, input_key=None):

@@ -39,6 +39,12 @@ class NoiseAttackResult:
     for name, r in reports.items():
         print(r.summary())
     ```
+
+    References:
+        - Daras, Dimakis, Daskalakis. "Consistent Diffusion Meets Tweedie: Training Exact
+          Ambient Diffusion Models with Noisy Data". ICML 2024, arXiv:2404.10177.
+        - Carlini et al. "Extracting Training Data from Diffusion Models". USENIX Security
+          2023, arXiv:2301.13188.
     """
 
     x: np.ndarray

@@ -47,6 +47,13 @@ class MemorizationReport:
     same = ka.memorization.MemorizationReport.from_json(text)
     i = report.nearest_indices[0]   # look at samples[0] next to x_train[i]
     ```
+
+    References:
+        - Somepalli, Singla, Goldblum, Geiping, Goldstein. "Diffusion Art or Digital
+          Forgery? Investigating Data Replication in Diffusion Models". CVPR 2023,
+          arXiv:2212.03860.
+        - Carlini et al. "Extracting Training Data from Diffusion Models". USENIX Security
+          2023, arXiv:2301.13188.
     """
 
     name: str

@@ -37,6 +37,15 @@ class SimilarityIndex:
     report = index.query(model.generate(500, seed=0), name="samples")
     print(report.summary())
     ```
+
+    References:
+        - Somepalli, Singla, Goldblum, Geiping, Goldstein. "Diffusion Art or Digital
+          Forgery? Investigating Data Replication in Diffusion Models". CVPR 2023,
+          arXiv:2212.03860.
+        - Carlini et al. "Extracting Training Data from Diffusion Models". USENIX Security
+          2023, arXiv:2301.13188.
+        - Daras, Dimakis, Daskalakis. "Consistent Diffusion Meets Tweedie: Training Exact
+          Ambient Diffusion Models with Noisy Data". ICML 2024, arXiv:2404.10177.
     """
 
     def __init__(self, references, feature_extractor="pixels", center=False,

@@ -28,6 +28,12 @@ class MLPDenoiser(keras.Model):
     net = ka.networks.MLPDenoiser(data_dim=2, hidden_units=128, num_blocks=3)
     out = net([keras.ops.zeros((4, 2)), keras.ops.zeros((4,))])  # (4, 2)
     ```
+
+    References:
+        - Tancik et al. "Fourier Features Let Networks Learn High Frequency Functions in Low
+          Dimensional Domains". NeurIPS 2020, arXiv:2006.10739.
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of Diffusion-Based
+          Generative Models" (EDM). NeurIPS 2022, arXiv:2206.00364.
     """
 
     def __init__(self, data_dim, hidden_units=256, num_blocks=3, embedding="fourier",

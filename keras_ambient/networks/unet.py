@@ -80,6 +80,14 @@ class UNet(keras.Model):
                            channel_multipliers=(1, 2), attention_resolutions=(4,))
     out = net([keras.ops.zeros((2, 8, 8, 1)), keras.ops.zeros((2,))])
     ```
+
+    References:
+        - Ronneberger, Fischer, Brox. "U-Net: Convolutional Networks for Biomedical Image
+          Segmentation". MICCAI 2015, arXiv:1505.04597.
+        - Ho, Jain, Abbeel. "Denoising Diffusion Probabilistic Models". NeurIPS 2020,
+          arXiv:2006.11239.
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of Diffusion-Based
+          Generative Models" (EDM). NeurIPS 2022, arXiv:2206.00364.
     """
 
     def __init__(self, image_shape, base_channels=64, channel_multipliers=(1, 2, 2),

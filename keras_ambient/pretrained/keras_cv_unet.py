@@ -41,6 +41,12 @@ class KerasCVUNet(keras.Model):
     unet.network.load_weights("diffusion_model.weights.h5")   # your weights
     D = ka.layers.VPDenoiser(unet, ka.schedules.VPSchedule.stable_diffusion())
     ```
+
+    References:
+        - Rombach, Blattmann, Lorenz, Esser, Ommer. "High-Resolution Image Synthesis with
+          Latent Diffusion Models" (Stable Diffusion). CVPR 2022, arXiv:2112.10752.
+        - Ho, Jain, Abbeel. "Denoising Diffusion Probabilistic Models". NeurIPS 2020,
+          arXiv:2006.11239.
     """
 
     def __init__(self, network=None, img_height=None, img_width=None, max_text_length=77,

@@ -26,6 +26,12 @@ class SD3Diffuser(keras.Model):
     model = ka.AmbientDiffusion(D, sigma_n=0.5, sigma_data=1.0, lora_rank=8,
                                 ema_decay=None)
     ```
+
+    References:
+        - Esser et al. "Scaling Rectified Flow Transformers for High-Resolution Image
+          Synthesis" (Stable Diffusion 3). ICML 2024, arXiv:2403.03206.
+        - Liu, Gong, Liu. "Flow Straight and Fast: Learning to Generate and Transfer Data
+          with Rectified Flow". ICLR 2023, arXiv:2209.03003.
     """
 
     def __init__(self, diffuser, **kwargs):

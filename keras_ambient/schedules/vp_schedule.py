@@ -36,6 +36,16 @@ class VPSchedule:
     schedule.timestep_to_sigma([100, 500, 800])   # ~ [0.34, 1.61, 5.13]
     schedule.sigma_to_timestep(0.5)                # continuous timestep
     ```
+
+    References:
+        - Ho, Jain, Abbeel. "Denoising Diffusion Probabilistic Models". NeurIPS 2020,
+          arXiv:2006.11239.
+        - Nichol, Dhariwal. "Improved Denoising Diffusion Probabilistic Models" (cosine
+          schedule). ICML 2021, arXiv:2102.09672.
+        - Rombach, Blattmann, Lorenz, Esser, Ommer. "High-Resolution Image Synthesis with
+          Latent Diffusion Models" (Stable Diffusion). CVPR 2022, arXiv:2112.10752.
+        - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of Diffusion-Based
+          Generative Models" (EDM). NeurIPS 2022, arXiv:2206.00364.
     """
 
     def __init__(self, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

@@ -58,7 +58,9 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         self.bad_samples = bad_samples
         self.weights_check_freq = weights_check_freq or 0
         self._epoch = 0
-        self._batches = 0
+        self._steps_done = 0  # batches of the earlier epochs of this `fit`
+        self._epoch_batches = 0
+        self._initial_step = 0
         self._last_finite = None
 
     @property
@@ -68,12 +70,14 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         return not self.weights_check_freq
 
     def on_train_begin(self, logs=None):
-        self._batches = 0
+        self._steps_done = 0
+        self._epoch_batches = 0
         self._last_finite = None
         self._initial_step = self._optimizer_iterations()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_batches = 0
         # Read here, in the main thread: the batch checks may run in Keras's
         # async worker, where touching `self.model` would sync (on JAX: read
         # donated) training state.
@@ -92,15 +96,19 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
                 pass
         return 0
 
-    def _step(self):
-        """The global training step of the batch being checked."""
-        return getattr(self, "_initial_step", 0) + self._batches
+    def _step(self, batch):
+        """The global training step of batch `batch` (0-based) of this epoch, or of
+        the last batch of the epoch for `None`. Computed from the batch index Keras
+        passes: in async mode the batch checks may run in a worker thread, out of
+        order, so a counter of calls would lag."""
+        in_epoch = self._epoch_batches if batch is None else batch + 1
+        return self._initial_step + self._steps_done + in_epoch
 
     def _where(self, batch):
         where = f"epoch {self._epoch + 1}"
         if batch is not None:
             where += f", batch {batch + 1}"
-        return where + f" (training step {self._step()})"
+        return where + f" (training step {self._step(batch)})"
 
     def _read_context(self):
         model = self.model
@@ -124,7 +132,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
                 sg_text = " or use ConsistencyLoss(stop_gradient_target=True)"
         return lr, cw, sg_text
 
-    def _causes(self):
+    def _causes(self, batch):
         context = getattr(self, "_context", None)
         lr, cw, sg_text = context if context is not None else self._read_context()
         lr_text = "the learning rate" + (f" (now {lr:.3g})" if lr is not None else "")
@@ -135,7 +143,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
             ""
             if self._last_finite is None
             else f" The last finite loss was {self._last_finite[1]:.6g}, "
-            f"{self._batches - self._last_finite[0]} batch(es) earlier."
+            f"{self._step(batch) - self._last_finite[0]} batch(es) earlier."
         )
         return (
             f"{last} Usual causes: {lr_text} is too high (lower it or add warm-up / "
@@ -146,7 +154,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
 
     # ------------------------------------------------------------- checks
     def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
+        self._epoch_batches = max(self._epoch_batches, batch + 1)
         logs = logs or {}
         bad = logs.get("bad_samples")
         if self.bad_samples == "raise" and bad is not None and float(np.asarray(bad)) > 0:
@@ -155,10 +163,11 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         if loss is not None:
             loss = float(np.asarray(loss))
             if math.isfinite(loss):
-                self._last_finite = (self._batches, loss)
+                if self._last_finite is None or self._step(batch) > self._last_finite[0]:
+                    self._last_finite = (self._step(batch), loss)
             else:
                 self._raise_for_loss(batch, loss, logs)
-        if self.weights_check_freq and self._batches % self.weights_check_freq == 0:
+        if self.weights_check_freq and (self._steps_done + batch + 1) % self.weights_check_freq == 0:
             sync = getattr(self.model, "jax_state_sync", None)
             if sync is not None:
                 sync()  # JAX keeps the weights in the training state during an epoch
@@ -169,6 +178,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         if self.bad_samples == "raise" and bad is not None and float(np.asarray(bad)) > 0:
             self._raise_for_bad_samples(None, float(np.asarray(bad)), "the validation data")
         self._check_weights(None)
+        self._steps_done += self._epoch_batches
 
     def _raise_for_bad_samples(self, batch, count, what):
         where = self._where(batch)
@@ -191,7 +201,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         )
         raise FloatingPointError(
             f"Training diverged at {where}: the loss became {loss} ({parts})."
-            + self._causes()
+            + self._causes(batch)
         )
 
     def _check_weights(self, batch):
@@ -210,7 +220,7 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
         when = "at the end of" if batch is None else "during"
         raise FloatingPointError(
             f"Training diverged {when} {self._where(batch)}: the weight "
-            f"'{v.path}'{_owner(model, v)} holds NaN/Inf values." + self._causes()
+            f"'{v.path}'{_owner(model, v)} holds NaN/Inf values." + self._causes(batch)
         )
 
 

@@ -313,15 +313,16 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
     check_choice("kind", kind, _FEATURE_KINDS)
     ref = check_samples("reference", reference, min_rows=2)
     dim = ref.shape[1]
-    if kind == "pixels":
-        from keras_ambient.memorization.features import pixel_features  # the one "pixels"
 
-        def pixels(images):
-            f = pixel_features(check_samples("images", images)).astype("float64")
-            if f.shape[1] != dim:
-                raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
-            return f
-        return pixels
+    def as_features_input(images):
+        # Flattened pixels (float64), as many per sample as the reference's.
+        f = check_samples("images", images)
+        if f.shape[1] != dim:
+            raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
+        return f
+
+    if kind == "pixels":
+        return as_features_input
     num_features = check_int("num_features", num_features, minimum=1)
     if kind == "pca":
         if num_features > min(ref.shape):
@@ -335,10 +336,7 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
         fitted = PCA(n_components=num_features, svd_solver="full").fit(ref)
 
         def pca(images):
-            f = check_samples("images", images)
-            if f.shape[1] != dim:
-                raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
-            return fitted.transform(f)
+            return fitted.transform(as_features_input(images))
         return pca
     if labels is None:
         raise ValueError("kind='classifier' needs the class `labels` of `reference`. Received: labels=None")
@@ -358,10 +356,7 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
     w, b = clf.coefs_[0], clf.intercepts_[0]
 
     def classifier(images):
-        f = check_samples("images", images)
-        if f.shape[1] != dim:
-            raise ValueError(f"`images` must have {dim} values per sample. Received: {f.shape[1]}")
-        return np.maximum(f @ w + b, 0.0)
+        return np.maximum(as_features_input(images) @ w + b, 0.0)
 
     return classifier
 

@@ -26,6 +26,7 @@ from keras_ambient.utils.validation import (
     check_int,
     check_int_tuple,
     check_noise_levels,
+    check_range,
     check_scalar,
 )
 
@@ -898,16 +899,8 @@ def _check_clip_range(clip_denoised):
     """`None` or a `(low, high)` pair of finite numbers with `low < high`."""
     if clip_denoised is None:
         return None
-    try:
-        low, high = (float(v) for v in clip_denoised)
-    except (TypeError, ValueError):
-        low = high = float("nan")
-    if not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise ValueError(
-            "`clip_denoised` must be None or a (low, high) range with low < high, e.g. "
-            f"(-1, 1) for images in [-1, 1]. Received: clip_denoised={clip_denoised!r}"
-        )
-    return low, high
+    return check_range("clip_denoised", clip_denoised,
+                       hint=", or None; e.g. (-1, 1) for images in [-1, 1]")
 
 
 def _clipped(denoise_fn, low, high):

@@ -5,6 +5,8 @@ import zipfile
 
 import keras
 
+from keras_ambient.utils.validation import check_path
+
 # `.keras` is the only format that stores the whole model (network, EMA copy, seed
 # state, losses); the legacy HDF5 format cannot be loaded back into an AmbientDiffusion.
 LEGACY_EXTENSIONS = (".h5", ".hdf5")
@@ -14,12 +16,7 @@ def check_save_path(filepath):
     """Raise unless `filepath` names a native `.keras` file (what `AmbientDiffusion.save` writes)."""
     if hasattr(filepath, "write"):  # a file object: Keras writes the `.keras` archive into it
         return filepath
-    if not isinstance(filepath, (str, os.PathLike)):
-        raise TypeError(
-            "`filepath` must be a path (str or os.PathLike) ending in `.keras`. "
-            f"Received: filepath={filepath!r} of type {type(filepath).__name__}"
-        )
-    path = os.fspath(filepath)
+    path = check_path("filepath", filepath)
     if path.lower().endswith(LEGACY_EXTENSIONS):
         raise ValueError(
             "AmbientDiffusion saves only to the native `.keras` format: the legacy HDF5 "
@@ -62,12 +59,7 @@ def load_model(filepath, compile=True, safe_mode=True):
     """
     from keras_ambient.models.ambient_diffusion import AmbientDiffusion
 
-    if not isinstance(filepath, (str, os.PathLike)):
-        raise TypeError(
-            f"`filepath` must be a path to a `.keras` file. Received: filepath={filepath!r} "
-            f"of type {type(filepath).__name__}"
-        )
-    path = os.fspath(filepath)
+    path = check_path("filepath", filepath)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at `filepath`. Received: filepath={path!r}")
     if os.path.isdir(path):

@@ -139,22 +139,15 @@ def check_path(name, value):
     return path
 
 
-def check_seed(name, value):
-    """`None`, a non-negative integer, or a `keras.random.SeedGenerator`."""
-    if value is None or type(value).__name__ == "SeedGenerator":
-        return value
-    return check_int(name, value, minimum=0)
-
-
-def check_range(name, value):
-    """A `(low, high)` pair of finite reals with `low < high`."""
+def check_range(name, value, hint=""):
+    """A `(low, high)` pair of finite reals with `low < high` (`hint`: an example for the error)."""
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
         low = high = float("nan")
     if isinstance(value, str) or not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(
-            f"`{name}` must be a (low, high) pair of finite numbers with low < high. "
+            f"`{name}` must be a (low, high) pair of finite numbers with low < high{hint}. "
             f"Received: {name}={value!r}"
         )
     return low, high

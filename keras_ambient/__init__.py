@@ -21,6 +21,7 @@ if _cli.launched_from_command_line():
 _backend_choice.choose_backend()
 
 from keras_ambient import (  # noqa: E402
+    annotation,
     callbacks,
     data,
     equations,

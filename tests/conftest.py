@@ -30,6 +30,7 @@ SLOW_HOME = {
     "test_model.py": "tensorflow",     # cross-backend loading: spawns the other two
     "test_resume.py": "torch",         # SIGKILL + bit-identical resume
     "test_networks.py": "torch",
+    "test_annotation.py": "tensorflow",  # the classifier against the Bayes classifier
 }
 SLOW_HOME_OVERRIDES = {
     "test_keras_cv_path_trains_epsilon_prediction_on_the_vp_schedule": "jax",

@@ -179,6 +179,21 @@ CONSTRUCTORS = {
         "num_groups": [0, 1.5],
         "seed": ["zero"],
     }),
+    ka.annotation.NoiseClassifier: (lambda: {"image_shape": (8, 8, 1)}, {
+        "image_shape": ["8x8", (8, 8), (0, 8, 1)],
+        "channels": [(), (0,), "16"],
+        "embedding_dim": [3, 5, "32"],
+        "sigma_min": [0.0, -1.0, NAN],
+        "sigma_max": [0.001, NAN],
+        "sigma_data": [0.0, NAN],
+        "seed": ["zero", 1.5, -1],
+    }),
+    ka.annotation.NoiseAnnotation: (lambda: {"grid": [0.1, 1.0], "probabilities": [[0.2, 0.6]]}, {
+        "grid": [[1.0, 0.1], [0.0, 1.0], [0.5], "ab"],
+        "probabilities": [[[1.5, 0.5]], [[0.5]], "p", [[NAN, 0.5]]],
+        "tau": [0.0, 1.0, NAN, "0.4"],
+        "groups": [[0.5], [0, 1], "a"],
+    }),
     ka.schedules.VPSchedule: (lambda: {}, {
         "beta_schedule": ["quadratic"],
         "beta_start": [0.0, -0.1, NAN],
@@ -202,7 +217,7 @@ NOT_WALKED = {
     ka.pretrained.SD3Diffuser: "needs a keras-hub SD3 backbone (tests/test_pretrained.py)",
 }
 
-PUBLIC_MODULES = ("callbacks", "data", "evaluation", "layers", "losses", "memorization",
+PUBLIC_MODULES = ("annotation", "callbacks", "data", "evaluation", "layers", "losses", "memorization",
                   "networks", "pretrained", "samplers", "schedules", "models")
 
 

@@ -24,6 +24,10 @@ GUIDES = {
     ],
     "mixing_clean_and_noisy.py": ["mixed_data.png", "clean_only.png", "mixed.png", "results.json"],
     "scaling_and_reliability.py": ["model.keras", "results.json"],
+    "training_with_corrupted_data.py": [
+        "corrupted_data.png", "classifier.keras", "annotation.npz", "clean_only.png",
+        "all_as_clean.png", "annotated.png", "results.json",
+    ],
     "measuring_memorization.py": [
         "training_data.png", "similarity_histogram.png", "samples_clean.png", "samples_ambient.png",
         "attack_clean.png", "attack_ambient.png", "results.json",

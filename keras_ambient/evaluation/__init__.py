@@ -10,4 +10,5 @@ from keras_ambient.evaluation.images import (
     gaussian_statistics,
     make_feature_extractor,
     noise_calibration_curve,
+    residual_blur,
 )

@@ -265,3 +265,31 @@ def test_corruptions_refuse_bad_input():
         ka.data.gaussian_blur(np.full((2, 8, 8, 1), np.nan), 1.0)
     with pytest.raises(ValueError, match="`x` must have shape"):
         ka.data.gaussian_blur(np.zeros((8, 8)), 1.0)
+
+
+@pytest.mark.slow
+def test_saved_classifier_loads_in_the_other_backends(tmp_path):
+    from tests.harness import BACKENDS, run_in_backend
+
+    clf = _tiny_classifier()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4, 4, 1)).astype("float32")
+    clf.compile(optimizer=keras.optimizers.Adam(1e-2))
+    clf.fit(x, np.array([1, 0, 1, 0, 1, 0]), epochs=2, verbose=0)
+    path = os.path.join(str(tmp_path), "classifier.keras")
+    clf.save(path)
+    np.save(os.path.join(str(tmp_path), "x.npy"), x)
+    expected = clf.clean_probability(x, 0.3, num_draws=2, seed=1)
+    code = (
+        "import json, numpy as np, keras, keras_ambient as ka\n"
+        f"m = keras.models.load_model({path!r})\n"
+        f"x = np.load({os.path.join(str(tmp_path), 'x.npy')!r})\n"
+        "p = m.clean_probability(x, 0.3, num_draws=2, seed=1)\n"
+        "print(json.dumps({'p': p.tolist(), 'b': keras.backend.backend()}))\n"
+    )
+    for backend in BACKENDS:
+        if backend == keras.backend.backend():
+            continue
+        result = run_in_backend(backend, code)
+        assert result["b"] == backend
+        np.testing.assert_allclose(np.array(result["p"]), expected, atol=1e-5)

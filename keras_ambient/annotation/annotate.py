@@ -128,12 +128,9 @@ def annotate_noise_levels(classifier, corrupted, tau=0.45, grid=None, num_draws=
     n = len(corrupted)
     for _ in range(num_draws):
         z = rng.standard_normal(corrupted.shape, dtype="float32")
-        # All levels of one draw in one pass over (level, sample) pairs.
-        x_sigma = (corrupted[None] + grid.astype("float32")[:, None, None, None, None] * z[None])
-        sigma = np.repeat(grid.astype("float32"), n)
-        logits = classifier._logits_numpy(x_sigma.reshape((-1,) + corrupted.shape[1:]), sigma,
-                                          batch_size)
-        probabilities += (0.5 * (1.0 + np.tanh(0.5 * logits))).reshape(len(grid), n).T
+        for j, level in enumerate(grid.astype("float32")):
+            logits = classifier._logits_numpy(corrupted + level * z, np.full(n, level), batch_size)
+            probabilities[:, j] += 0.5 * (1.0 + np.tanh(0.5 * logits))
     return NoiseAnnotation(grid, probabilities / num_draws, tau, groups)
 
 

@@ -199,7 +199,8 @@ def train_and_sample(name, sigma, seed, args, x_train, model_sigma_n=None, extra
     """Trains model `name` on the digits noised at `sigma`, samples it; `model_sigma_n`
     (default `sigma`) is the level the model is told (a misspecified one:
     benchmarks/misspecified_sigma.py); `extras` (default all) names the extra
-    samplings to run among "[clip]", "[smin]", "(truncated)", "(truncated)[clip]"."""
+    samplings to run among "[clip]", "[smin]", "(truncated)", "(truncated)[clip]" and
+    "(full)[smin]" (a truncated model sampled full; not in the default)."""
     import keras
 
     import keras_ambient as ka
@@ -265,6 +266,9 @@ def train_and_sample(name, sigma, seed, args, x_train, model_sigma_n=None, extra
     if cfg["mode"] == "full" and args.final_sigma > 0 and "[smin]" in wanted:  # last level: sigma_min or larger
         extra["[smin]"] = model.generate(num_samples, num_steps=args.sampling_steps, mode="full", seed=seed,
                                          batch_size=num_samples, sigma_min=args.final_sigma)
+    if cfg["mode"] != "full" and "(full)[smin]" in wanted:  # a truncated model sampled full, ending at final_sigma
+        extra["(full)[smin]"] = model.generate(num_samples, num_steps=args.sampling_steps, mode="full", seed=seed,
+                                               batch_size=num_samples, sigma_min=args.final_sigma or None)
     if name == "ambient_cons":  # the same model, truncated: is full sampling worth it?
         for suffix, clip in (("(truncated)", None), ("(truncated)[clip]", (-1, 1))):
             if suffix in wanted:

@@ -195,7 +195,12 @@ def _model_settings(name, sigma, args):
     return dict(data="noisy", model_sigma_n=sigma, consistency_weight=weight, mode="full")
 
 
-def train_and_sample(name, sigma, seed, args, x_train):
+def train_and_sample(name, sigma, seed, args, x_train, model_sigma_n=None, extras=None):
+    """Trains model `name` on the digits noised at `sigma`, samples it; `model_sigma_n`
+    (default `sigma`) is the level the model is told (a misspecified one:
+    benchmarks/misspecified_sigma.py); `extras` (default all) names the extra
+    samplings to run among "[clip]", "[smin]", "(truncated)", "(truncated)[clip]" and
+    "(full)[smin]" (a truncated model sampled full; not in the default)."""
     import keras
 
     import keras_ambient as ka
@@ -203,6 +208,8 @@ def train_and_sample(name, sigma, seed, args, x_train):
     from keras_ambient.utils.defaults import suggest_sigma_data
 
     cfg = _model_settings(name, sigma, args)
+    if model_sigma_n is not None and cfg["model_sigma_n"] > 0:
+        cfg["model_sigma_n"] = float(model_sigma_n)
     data = x_train if cfg["data"] == "clean" else ka.data.add_noise(x_train, sigma, seed=seed)
     keras.utils.set_random_seed(seed)
     # The clean data's std estimated from the data the model sees (as examples/noisy_digits.py).
@@ -250,16 +257,23 @@ def train_and_sample(name, sigma, seed, args, x_train):
     samples = model.generate(num_samples, num_steps=args.sampling_steps, mode=cfg["mode"],
                              seed=seed, batch_size=num_samples)
     t2 = time.perf_counter()
+    wanted = ("[clip]", "[smin]", "(truncated)", "(truncated)[clip]") if extras is None else extras
+    extra = {}
     # The same model with the denoiser clipped to the data range [-1, 1] (as the main job samples).
-    extra = {"[clip]": model.generate(num_samples, num_steps=args.sampling_steps, mode=cfg["mode"], seed=seed,
-                                      batch_size=num_samples, clip_denoised=(-1, 1))}
-    if cfg["mode"] == "full" and args.final_sigma > 0:  # the last level: model.sigma_min or larger
+    if "[clip]" in wanted:
+        extra["[clip]"] = model.generate(num_samples, num_steps=args.sampling_steps, mode=cfg["mode"], seed=seed,
+                                         batch_size=num_samples, clip_denoised=(-1, 1))
+    if cfg["mode"] == "full" and args.final_sigma > 0 and "[smin]" in wanted:  # last level: sigma_min or larger
         extra["[smin]"] = model.generate(num_samples, num_steps=args.sampling_steps, mode="full", seed=seed,
                                          batch_size=num_samples, sigma_min=args.final_sigma)
+    if cfg["mode"] != "full" and "(full)[smin]" in wanted:  # a truncated model sampled full, ending at final_sigma
+        extra["(full)[smin]"] = model.generate(num_samples, num_steps=args.sampling_steps, mode="full", seed=seed,
+                                               batch_size=num_samples, sigma_min=args.final_sigma or None)
     if name == "ambient_cons":  # the same model, truncated: is full sampling worth it?
         for suffix, clip in (("(truncated)", None), ("(truncated)[clip]", (-1, 1))):
-            extra[suffix] = model.generate(num_samples, num_steps=args.sampling_steps, mode="truncated",
-                                           seed=seed, batch_size=num_samples, clip_denoised=clip)
+            if suffix in wanted:
+                extra[suffix] = model.generate(num_samples, num_steps=args.sampling_steps, mode="truncated",
+                                               seed=seed, batch_size=num_samples, clip_denoised=clip)
     return samples, extra, {
         "model": name, "sigma_n": sigma if name != "oracle" else 0.0, "seed": seed, **cfg,
         "steps": args.steps, "train_s": t1 - t0, "first_step_s": times.get("first", t1) - t0,

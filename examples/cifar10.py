@@ -133,7 +133,7 @@ def train_one(x_clean, sigma_n, args):
     )
     np.savez(os.path.join(out, "samples.npz"), x=samples)
     save_image_grid(os.path.join(out, "samples.png"), samples[:64], scale=1)
-    # Noise left in the samples (MAD estimate; it reads >0 on clean photos
+    # Noise left in the samples (reference-free estimate; it reads >0 on clean photos
     # too, so compare it with the same number on clean images).
     metrics = {
         "backend": keras.backend.backend(),

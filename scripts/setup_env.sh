@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-COMMON=("keras==3.15.1" "numpy>=2,<2.5" "scikit-learn==1.9.1" "matplotlib==3.11.2" "pillow" "pytest==9.2.0")
+COMMON=("keras==3.15.1" "numpy>=2,<2.5" "scikit-learn==1.9.1" "matplotlib==3.11.2" "pillow" "pytest==9.2.0"
+        "scikit-image==0.26.0" "PyWavelets==1.9.0")  # skimage: noise-estimation comparison and tests
 # torch==2.13.0 is the CPU wheel (an unpinned torch pulls a multi-GB CUDA build);
 # GPU users install their own torch/jax/tensorflow instead.
 # CHECK_BACKEND: a backend installed here, for the import check at the end (without

@@ -109,15 +109,31 @@ def test_estimate_noise_digits(capsys):
     status, out, _ = run(capsys, "estimate-noise", "digits", "--sigma-n", "0.2", "--json")
     assert status == 0
     result = json.loads(out)
-    assert result["method"] == "calibrated" and result["sigma_n_true"] == 0.2
+    # The default is reference-free (no clean digits used), within 10%.
+    assert result["method"] == "pca" and result["sigma_n_true"] == 0.2 and "reference" not in result
     assert abs(result["sigma_n_estimate"] - 0.2) < 0.02
+    from keras_ambient.evaluation import estimate_noise_level
+    import keras_ambient as ka
+
+    y = ka.data.add_noise(ka.data.load_digits("train"), 0.2, seed=0)
+    assert result["sigma_n_estimate"] == pytest.approx(estimate_noise_level(y), abs=1e-4)
+    # Calibrated on the clean test split when asked.
+    status, out, _ = run(capsys, "estimate-noise", "digits", "--sigma-n", "0.4", "--method", "calibrated", "--json")
+    result = json.loads(out)
+    assert status == 0 and result["method"] == "calibrated" and "test split" in result["reference"]
+    assert abs(result["sigma_n_estimate"] - 0.4) < 0.04
+    # Clean digits: the reference-free estimate reads ~0, the uncalibrated MAD does not.
+    status, out, _ = run(capsys, "estimate-noise", "digits", "--sigma-n", "0", "--json")
+    assert status == 0 and json.loads(out)["sigma_n_estimate"] < 0.01
+    status, out, _ = run(capsys, "estimate-noise", "digits", "--sigma-n", "0", "--method", "mad", "--json")
+    assert status == 0 and json.loads(out)["sigma_n_estimate"] > 0.2
 
 
 def test_estimate_noise_npz_and_folder(capsys, tmp_path):
     y = smooth_images(32, size=16, sigma=0.1, seed=1)
     np.savez(tmp_path / "y.npz", x=y)
     status, out, _ = run(capsys, "estimate-noise", tmp_path / "y.npz")
-    assert status == 0 and "method: mad" in out
+    assert status == 0 and "method: pca" in out
     value = float(out.split("sigma_n = ")[1].split()[0])
     assert abs(value - 0.1) < 0.02
     # A folder of PNGs (values quantised to 8 bits, so the same ~0.1).
@@ -129,6 +145,12 @@ def test_estimate_noise_npz_and_folder(capsys, tmp_path):
     assert abs(json.loads(out)["sigma_n_estimate"] - 0.1) < 0.03
     status, _, err = run(capsys, "estimate-noise", tmp_path / "y.npz", "--method", "calibrated")
     assert status == 2 and "--reference" in err
+    # Too few patches for the reference-free default: a clear error naming the ways out.
+    np.savez(tmp_path / "few.npz", x=y[:2, :5, :5])
+    status, _, err = run(capsys, "estimate-noise", tmp_path / "few.npz", "--method", "pca")
+    assert status == 2 and "patches" in err and "--method mad" in err
+    status, out, _ = run(capsys, "estimate-noise", tmp_path / "few.npz")  # 'auto' falls back to the MAD
+    assert status == 0 and "method: mad" in out
 
 
 # ---------------------------------------------------------- train / sample
@@ -205,7 +227,7 @@ def test_train_images_warns_on_wrong_sigma(capsys, tmp_path):
                            "--output-dir", tmp_path / "b", *common)
     assert status == 0 and "warning" not in err
     assert "Estimated noise level" in out
-    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["sigma_n_source"] == "estimated (mad)"
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["sigma_n_source"] == "estimated (pca)"
 
 
 @pytest.mark.one_backend

@@ -31,13 +31,64 @@ def test_noise_level_reads_zero_on_clean_digits(digits):
     assert ev.estimate_noise_level(x_test, reference=x_train) < 0.02
     assert ev.estimate_noise_level(x_train, reference=x_test) < 0.02
     # Uncalibrated, the edges of tiny digits dominate the classical MAD estimate.
-    assert ev.estimate_noise_level(x_test) > 0.2
+    assert ev.estimate_noise_level(x_test, method="mad") > 0.2
+    assert ev.estimate_noise_level(x_test, quantile=0.5) > 0.2  # 'auto' + quantile: the MAD
 
 
 def test_noise_level_uncalibrated_is_exact_on_pure_noise():
     z = 0.3 * np.random.default_rng(0).standard_normal((400, 8, 8, 1))
-    assert abs(ev.estimate_noise_level(z) - 0.3) < 0.015
+    assert abs(ev.estimate_noise_level(z, method="mad") - 0.3) < 0.015
     assert abs(ev.estimate_noise_level(z, quantile=0.25) - 0.3) < 0.015
+    assert abs(ev.estimate_noise_level(z) - 0.3) < 0.015  # reference-free default ("pca")
+
+
+# --------------------------------------------- reference-free default ("pca")
+@pytest.mark.parametrize("sigma", [0.1, 0.2, 0.4])
+def test_reference_free_within_10_percent_on_digits(digits, sigma):
+    # No clean data: PCA over the images, noise eigenvalues from the MP bulk edge.
+    for x, seed in zip(digits, (21, 22)):
+        y = ka.data.add_noise(x, sigma, seed=seed)
+        est = ev.estimate_noise_level(y)
+        assert abs(est - sigma) < 0.1 * sigma, (len(x), sigma, est)
+    # On the 359 test digits the older tail rule reads low; the default is closer.
+    old = ev.estimate_noise_level_pca(y)
+    assert old < sigma and abs(est - sigma) < abs(old - sigma), (sigma, est, old)
+
+
+def test_reference_free_reads_small_on_clean_data(digits):
+    x_train, x_test = digits
+    assert ev.estimate_noise_level(x_train) < 0.01
+    assert ev.estimate_noise_level(x_test) < 0.01
+    # Smooth clean images, through the patch route (few images of 32x32): small.
+    u = np.linspace(-1, 1, 32)
+    smooth = np.stack([np.sin(3 * a * u)[:, None] * np.cos(2 * a * u)[None, :] for a in (0.5, 1.0, 1.5)])
+    assert ev.estimate_noise_level(smooth) < 0.01
+    noisy = smooth + 0.2 * np.random.default_rng(0).standard_normal(smooth.shape)
+    assert abs(ev.estimate_noise_level(noisy) - 0.2) < 0.02
+
+
+def test_reference_free_patches_per_image_and_colour():
+    rng = np.random.default_rng(1)
+    # Four 48x48 RGB images, one level per image: each read from its own patches.
+    levels = np.array([0.05, 0.1, 0.2, 0.4])
+    u = np.linspace(-1, 1, 48)
+    clean = 0.8 * np.tanh(4 * u)[None, :, None, None] * np.ones((4, 48, 48, 3))
+    y = clean + levels[:, None, None, None] * rng.standard_normal(clean.shape)
+    per = ev.estimate_noise_level(y, per_image=True)
+    assert per.shape == (4,)
+    np.testing.assert_allclose(per, levels, rtol=0.1)
+    np.testing.assert_allclose(ev.estimate_noise_level(y[:, :, :, :1], patch_size=6), 0.2, rtol=0.5)
+
+
+def test_reference_free_on_a_photo():
+    data = pytest.importorskip("skimage.data")
+    from skimage.color import rgb2gray
+
+    x = 2.0 * rgb2gray(data.astronaut()) - 1.0  # grey in [-1, 1]
+    for sigma in (0.1, 0.2):
+        y = x + sigma * np.random.default_rng(7).standard_normal(x.shape)
+        est = ev.estimate_noise_level(y[None])
+        assert abs(est - sigma) < 0.1 * sigma, (sigma, est)
 
 
 def test_noise_level_per_image_and_monotone(digits):
@@ -72,6 +123,29 @@ def test_noise_level_errors(digits):
         ev.estimate_noise_level(x_train, quantile=1.5)
     with pytest.raises(ValueError, match="reference"):
         ev.estimate_noise_level(x_train, reference=np.zeros((3, 4, 4, 1)))
+    with pytest.raises(TypeError, match="images"):
+        ev.estimate_noise_level("not images")
+    with pytest.raises(ValueError, match="method"):
+        ev.estimate_noise_level(x_train, method="wavelet")
+    with pytest.raises(TypeError, match="per_image"):
+        ev.estimate_noise_level(x_train, per_image="yes")
+    with pytest.raises(ValueError, match="patch_size"):
+        ev.estimate_noise_level(x_train, patch_size=2)
+    with pytest.raises(TypeError, match="patch_size"):
+        ev.estimate_noise_level(x_train, patch_size=4.5)
+    with pytest.raises(ValueError, match="patch_size"):
+        ev.estimate_noise_level(x_train, reference=x_train, patch_size=8)
+    # Too few samples for a covariance (two 8x8 images: 50 patches of 4x4): what to pass instead.
+    with pytest.raises(ValueError, match=r"Received: images with shape \(2, 8, 8, 1\).*method='mad'"):
+        ev.estimate_noise_level(x_train[:2])
+    with pytest.raises(ValueError, match="per_image"):
+        ev.estimate_noise_level(x_train, per_image=True)  # 8x8 images: too few patches each
+    with pytest.raises(ValueError, match="quantile"):
+        ev.estimate_noise_level(x_train, method="pca", quantile=0.5)
+    with pytest.raises(ValueError, match="reference"):
+        ev.estimate_noise_level(x_train, method="calibrated")
+    with pytest.raises(ValueError, match="reference"):
+        ev.estimate_noise_level(x_train, reference=x_train, method="mad")
 
 
 # ------------------------------------------------------------------ distances

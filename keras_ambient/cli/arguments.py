@@ -163,10 +163,11 @@ def build_parser():
     e.add_argument("--sigma-n", type=_non_negative_float, default=0.2,
                    help="digits only: the level the clean digits are noised at (default 0.2)")
     e.add_argument("--method", choices=("auto", "calibrated", "mad", "pca"), default="auto",
-                   help="'calibrated' (needs --reference; default for digits), 'mad' (median of "
-                   "neighbour differences; reads high on small edge-rich images), 'pca' (smallest "
-                   "covariance eigenvalues; needs many images); 'auto' picks calibrated when a "
-                   "reference exists, else mad")
+                   help="'pca' (reference-free: covariance eigenvalues of the images, or of their "
+                   "8x8 patches, the noise found with the Marchenko-Pastur bulk edge), 'calibrated' "
+                   "(needs clean images: --reference, or the digits' clean test split), 'mad' (median "
+                   "of neighbour differences; reads high on small edge-rich images); 'auto' "
+                   "(default) picks calibrated when --reference is given, else pca")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_backend_option(e)
     return parser

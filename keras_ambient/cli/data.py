@@ -138,11 +138,19 @@ def _load_reference(args, kind):
 
 
 def estimate_noise(y, reference=None, method="auto"):
-    """Estimates the noise level of `y`; returns `(estimate, method_used)`."""
+    """Estimates the noise level of `y`; returns `(estimate, method_used)`.
+
+    `"auto"`: `"calibrated"` with a reference, else the reference-free `"pca"`
+    (`estimate_noise_level`'s default: covariance eigenvalues of the images or
+    of their patches, the noise found with the Marchenko-Pastur bulk edge; for
+    vectors, `estimate_noise_level_pca`), or `"mad"` where the images are too
+    few and small for a covariance.
+    """
     from keras_ambient.evaluation import images as eval_images  # lazy: optional module
 
-    if method == "auto":
-        method = "calibrated" if reference is not None else "mad"
+    auto = method == "auto"
+    if auto:
+        method = "calibrated" if reference is not None else "pca"
     if y.ndim != 4 and method != "pca":
         raise CLIError(
             f"Noise estimation with method '{method}' needs images (n, h, w, c); for vector data "
@@ -158,8 +166,16 @@ def estimate_noise(y, reference=None, method="auto"):
             )
         return float(eval_images.estimate_noise_level(y, reference=reference)), "calibrated"
     if method == "mad":
-        return float(eval_images.estimate_noise_level(y)), "mad"
-    return float(eval_images.estimate_noise_level_pca(y)), "pca"
+        return float(eval_images.estimate_noise_level(y, method="mad")), "mad"
+    if y.ndim != 4:
+        return float(eval_images.estimate_noise_level_pca(y)), "pca"
+    try:
+        return float(eval_images.estimate_noise_level(y, method="pca")), "pca"
+    except ValueError as e:
+        if auto:  # too few patches for a covariance: the uncalibrated MAD, reported as such
+            return float(eval_images.estimate_noise_level(y, method="mad")), "mad"
+        raise CLIError(f"{e} (on the command line: more images, --reference CLEAN_IMAGES with "
+                       "--method calibrated, or --method mad)") from e
 
 
 def _noise_disagrees(given, estimate, factor=1.5):

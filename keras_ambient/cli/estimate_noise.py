@@ -13,7 +13,11 @@ def cmd_estimate_noise(args):
 
         true_sigma = float(args.sigma_n)
         y = add_noise(y, true_sigma, seed=args.data_seed) if true_sigma > 0 else y
-    reference, ref_name = _load_reference(args, kind)
+    # The default is reference-free; the built-in digits' clean test split calibrates
+    # only with --method calibrated (a --reference given explicitly is used by 'auto').
+    reference, ref_name = (None, None) if args.method in ("pca", "mad") else _load_reference(args, kind)
+    if args.method == "auto" and args.reference is None:
+        reference, ref_name = None, None
     estimate, method = estimate_noise(y, reference, args.method)
     result = {"data": args.data, "num_samples": int(len(y)), "sigma_n_estimate": estimate, "method": method}
     if ref_name and method == "calibrated":

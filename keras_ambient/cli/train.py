@@ -92,15 +92,18 @@ def cmd_train(args):
         source = "given"
         if y.ndim == 4:
             reference, _ = _load_reference(args, kind)
-            estimate, method = estimate_noise(y, reference)
-            if _noise_disagrees(sigma_n, estimate):
+            try:
+                estimate, method = estimate_noise(y, reference)
+            except CLIError:  # too few images for the reference-free estimate: no check
+                estimate, method = None, None
+            if estimate is not None and _noise_disagrees(sigma_n, estimate):
                 _err(
                     f"the given --sigma-n {sigma_n:g} disagrees with the noise level estimated "
                     f"from the data ({estimate:.3f}, method {method}) by more than a factor 1.5. "
                     "A wrong sigma_n biases the model (too low: samples keep noise; too high: "
                     "samples are too smooth). Check it, or use --sigma-n auto"
                     + ("" if method == "calibrated" else
-                       " (the 'mad' estimate reads high on small images with sharp edges; "
+                       " (the reference-free estimate reads high on strongly textured images; "
                        "--reference CLEAN_IMAGES calibrates it)") + "."
                 )
     info.update(sigma_n=sigma_n, sigma_n_source=source,

@@ -6,12 +6,18 @@
   magnitudes, a median over images). On tiny, edge-rich images such as the 8x8
   digits the raw statistic reads far from 0 on clean images, so it is
   calibrated against clean `reference` images of the same kind: the statistic
-  is measured on `reference + s z` for a grid of `s` and inverted. Used both as
+  is measured on `reference + s z` for a grid of `s` and inverted (method
+  "calibrated"; the raw statistic is method "mad"). Used both as
   the residual noise of generated samples (docs/method.md §5: samples of a model
   that learnt the noisy distribution carry noise ~sigma_n, exact ambient
   samples ~0) and as an estimate of the noise level of a noisy dataset.
-- `estimate_noise_level_pca`: a reference-free estimate from the smallest
-  eigenvalues of the pixel covariance of a large set of images.
+  Without a reference its default is reference-free: the noise eigenvalues of
+  a covariance (of the images themselves when there are many of a small size,
+  else of their 8x8 patches), separated from the signal by the
+  Marchenko-Pastur bulk edge (method "pca").
+- `estimate_noise_level_pca`: the older reference-free estimate from the
+  smallest eigenvalues of the pixel covariance of a large set of images
+  (Chen et al.'s tail rule; it reads low on few images).
 - `frechet_distance`, `gaussian_statistics`, `make_feature_extractor`,
   `frechet_image_distance`: a Fréchet ("FID-like") distance between two image
   sets on features of a small extractor built deterministically offline (PCA
@@ -23,9 +29,16 @@ Everything here works on NumPy arrays and is the same on every Keras backend.
 
 import numpy as np
 
-from keras_ambient.utils.validation import check_choice, check_int, check_samples, check_scalar
+from keras_ambient.utils.validation import check_bool, check_choice, check_int, check_samples, check_scalar
 
 _FEATURE_KINDS = ("pca", "classifier", "pixels")
+_NOISE_METHODS = ("auto", "pca", "calibrated", "mad")
+# Reference-free estimate ("pca"): PCA over whole images when there are at least
+# this many images per pixel (and few pixels), else over patches.
+_IMAGES_PER_PIXEL = 4
+_MAX_IMAGE_PIXELS = 256
+_MAX_PATCHES = 100_000
+_MIN_PATCH_SIZE = 4
 
 
 # ------------------------------------------------------------------ helpers
@@ -87,6 +100,101 @@ def _invert_curve(values, levels, curve):
 
 
 # --------------------------------------------------------- noise estimation
+def _noise_from_eigenvalues(ev, num_samples):
+    """Noise variance from the eigenvalues `ev` of a sample covariance of `num_samples` rows.
+
+    Signal/noise split (after Kritchman and Nadler): the number of signal
+    directions `r` is the first index whose eigenvalue lies under the upper
+    Marchenko-Pastur edge `s2 (1 + sqrt((p - r) / n))^2` of the bulk of the
+    remaining `p - r` eigenvalues, `s2` their mean (the MP law's mean is the
+    noise variance). Signal eigenvalues well separated from the bulk (above
+    twice the edge) have also taken up some noise variance, `lambda - rho`
+    with `rho` the population value the spiked-covariance formula gives; it is
+    given back to `s2`, which is iterated to a fixed point. Returns
+    `(variance, r)`.
+    """
+    ev = np.sort(np.clip(np.asarray(ev, dtype="float64"), 0.0, None))[::-1]
+    p, n = len(ev), float(num_samples)
+    r = p - 1
+    for k in range(p - 1):
+        if ev[k] <= np.mean(ev[k:]) * (1.0 + np.sqrt((p - k) / n)) ** 2:
+            r = k
+            break
+    noise = ev[r:]
+    s2 = float(np.mean(noise))
+    gamma = (p - r) / n
+    for _ in range(50):
+        lam = ev[:r][ev[:r] > 2.0 * s2 * (1.0 + np.sqrt(gamma)) ** 2]
+        b = lam + s2 - s2 * gamma
+        rho = 0.5 * (b + np.sqrt(np.clip(b * b - 4.0 * lam * s2, 0.0, None)))
+        new = (np.sum(noise) + np.sum(lam - rho)) / (p - r)
+        if abs(new - s2) <= 1e-12 + 1e-9 * s2:
+            s2 = new
+            break
+        s2 = new
+    return max(float(s2), 0.0), r
+
+
+def _covariance_eigenvalues(rows):
+    rows = rows - rows.mean(axis=0)
+    return np.linalg.eigvalsh(rows.T @ rows / max(len(rows) - 1, 1))
+
+
+def _patch_rows(x, k, max_patches=_MAX_PATCHES):
+    """`k x k` patches of `x` `(n, h, w, c)`, one row per patch and channel.
+
+    All patch positions when they number at most `max_patches`; else a regular
+    grid with a stride (at most `k`) and, if still too many, evenly spaced images.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n, h, w, c = x.shape
+    stride = 1
+
+    def count(num_images, st):
+        return num_images * c * (-(-(h - k + 1) // st)) * (-(-(w - k + 1) // st))
+
+    while count(n, stride) > max_patches and stride < k:
+        stride += 1
+    images = np.arange(n)
+    if count(n, stride) > max_patches:
+        keep = max(1, max_patches // count(1, stride))
+        images = np.unique(np.linspace(0, n - 1, keep).round().astype(int))
+    windows = sliding_window_view(x[images], (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    return windows.reshape(-1, k * k)
+
+
+def _pca_noise_level(x, per_image, patch_size):
+    """The reference-free estimate (method "pca") of `x` `(n, h, w, c)`."""
+    n, h, w, c = x.shape
+    d = h * w * c
+    if not per_image and patch_size is None and d <= _MAX_IMAGE_PIXELS and n >= _IMAGES_PER_PIXEL * d:
+        # Many small images of one kind: PCA over the images themselves.
+        return float(np.sqrt(_noise_from_eigenvalues(_covariance_eigenvalues(x.reshape(n, d)), n)[0]))
+    sets = [x[i:i + 1] for i in range(n)] if per_image else [x]
+
+    def enough(k):
+        return sets[0].shape[0] * c * (h - k + 1) * (w - k + 1) >= _IMAGES_PER_PIXEL * k * k
+
+    k = min(8, h, w) if patch_size is None else patch_size
+    while patch_size is None and k > _MIN_PATCH_SIZE and not enough(k):
+        k -= 1  # few or small images: smaller patches, more of them
+    need = _IMAGES_PER_PIXEL * k * k
+    have = sets[0].shape[0] * c * (h - k + 1) * (w - k + 1)
+    if k < _MIN_PATCH_SIZE or k > min(h, w) or have < need:
+        where = "each image" if per_image else "the images"
+        raise ValueError(
+            f"The reference-free noise estimate (method='pca') needs at least {need} patches of "
+            f"{k}x{k} pixels from {where} (or, without per_image, at least {_IMAGES_PER_PIXEL} images per "
+            "pixel). Received: images with shape "
+            f"{x.shape}, per_image={per_image}, patch_size={patch_size}. Pass more or larger images, a "
+            "clean `reference` (method='calibrated'), or method='mad'"
+        )
+    out = np.array([np.sqrt(_noise_from_eigenvalues(_covariance_eigenvalues(rows), len(rows))[0])
+                    for rows in (_patch_rows(s, k) for s in sets)])
+    return out if per_image else float(out[0])
+
+
 def noise_calibration_curve(reference, quantile=0.25, max_sigma=1.0, num_levels=41, seed=0):
     """Measures the raw noise statistic on clean `reference + s z` for a grid of `s`.
 
@@ -122,55 +230,112 @@ def noise_calibration_curve(reference, quantile=0.25, max_sigma=1.0, num_levels=
 
 
 def estimate_noise_level(images, reference=None, quantile=None, per_image=False,
-                         max_sigma=None, num_levels=41, seed=0):
+                         max_sigma=None, num_levels=41, seed=0, method="auto", patch_size=None):
     """Estimates the std of additive white Gaussian noise in a set of images.
 
-    A robust high-pass estimator: per image, the `quantile` of the magnitudes
-    of neighbour differences along both axes (scaled so that it equals sigma on
-    pure noise); over the set, the median of these per-image values.
+    Three methods:
 
-    Without `reference` this raw reading is returned. It is the classical MAD
-    estimator for `quantile=0.5` and is accurate on large, smooth images, but
-    on tiny edge-rich images (8x8 digits) edges dominate and it reads well
-    above 0 on clean digits. With clean `reference` images of the same kind,
-    the raw statistic is calibrated: it is measured on `reference + s z` for a
-    grid of `s` (`noise_calibration_curve`) and the reading is mapped back
-    through that curve, so the estimate reads ~0 on clean images and ~sigma on
-    images noised at sigma (measured accuracy: docs/choosing_defaults.md).
-    Negative "noise" (images smoother than the reference, e.g. posterior
-    means) reads 0.
+    - `"pca"` (the default without `reference`): reference-free. The noise
+      is the part of a sample covariance whose eigenvalues form a
+      Marchenko-Pastur bulk: the number of signal directions is found by
+      testing the largest remaining eigenvalue against the bulk's upper edge
+      `s2 (1 + sqrt(p / n))^2` (Kritchman and Nadler), `s2` is the mean of
+      the noise eigenvalues (the mean of the MP law), and the noise variance
+      taken up by well-separated signal eigenvalues is given back. The
+      covariance is that of the images themselves when there are many small
+      images of one kind (at least 4 per pixel, at most 256 pixels, e.g. the
+      8x8 digits: their borders are always background, so the noise owns some
+      directions alone), else that of their `patch_size` x `patch_size`
+      patches (Chen, Zhu and Heng's patch setting; up to 100,000 patches on a
+      regular grid). It reads ~0 on clean data with unused directions and
+      ~sigma on noisy data; the measured accuracy is in
+      docs/choosing_defaults.md.
+    - `"calibrated"` (the default with `reference`): a robust high-pass
+      statistic, per image the `quantile` of the magnitudes of neighbour
+      differences along both axes (scaled to equal sigma on pure noise), the
+      median over images, mapped back through the same statistic measured on
+      the clean `reference + s z` for a grid of `s`
+      (`noise_calibration_curve`). It reads ~0 on clean images and ~sigma on
+      images noised at sigma; images smoother than the reference (posterior
+      means) read 0. Used as the residual noise of generated samples.
+    - `"mad"`: that raw statistic, uncalibrated (the classical MAD estimator
+      for `quantile=0.5`). It is exact on pure noise but reads well above 0 on
+      tiny edge-rich images (8x8 digits). `method="auto"` without a reference
+      but with an explicit `quantile` picks it (the behaviour before `"pca"`
+      existed).
 
     Args:
-        images: images `(n, h, w)` or `(n, h, w, c)`, `h, w >= 2`.
+        images: images `(n, h, w)` or `(n, h, w, c)`, `h, w >= 2`, all
+            channels with the same noise level.
         reference: optional clean images of the same kind and scale, used to
             calibrate the estimator (e.g. `ka.data.load_digits("test")`).
-        quantile: quantile of the difference magnitudes per image (default:
-            0.5, the MAD, without a reference; 0.25 with one, which ignores
-            most edges and is more sensitive at low noise).
-        per_image: return one estimate per image instead of one for the set.
+        quantile: quantile of the difference magnitudes per image, for
+            `"mad"` and `"calibrated"` (default: 0.5, the MAD, for `"mad"`;
+            0.25 for `"calibrated"`, which ignores most edges).
+        per_image: return one estimate per image instead of one for the set
+            (with `"pca"`, each image's own patches: the images must be large
+            enough).
         max_sigma: largest level of the calibration grid (default: enough to
             cover the reading).
         num_levels: size of the calibration grid.
         seed: seed of the calibration noise.
+        method: `"auto"` (`"calibrated"` with a reference, else `"pca"`),
+            `"pca"`, `"calibrated"` or `"mad"`.
+        patch_size: side of the square patches of `"pca"`, at least 4
+            (default: 8, smaller down to 4 when the images give fewer than
+            4 patches per patch pixel; whole images are used instead when
+            there are many small ones and `patch_size` is not given).
 
     Returns:
         A float (or a float64 array `(n,)` with `per_image=True`).
 
     Example:
     ```python
-    x_ref = ka.data.load_digits("test")
     y = ka.data.add_noise(ka.data.load_digits("train"), 0.2, seed=0)
-    estimate_noise_level(y, reference=x_ref)      # ~0.2
-    estimate_noise_level(x_ref, reference=x_ref)  # 0.0
+    estimate_noise_level(y)                          # ~0.2, no clean data needed
+    x_ref = ka.data.load_digits("test")
+    estimate_noise_level(y, reference=x_ref)         # ~0.2, calibrated
+    estimate_noise_level(x_ref, reference=x_ref)     # 0.0
     ```
+
+    References:
+        - Kritchman and Nadler, "Determining the number of components in a
+          factor model from limited noisy data", Chemometrics and Intelligent
+          Laboratory Systems 2008 (the rank test and the noise variance).
+        - Marchenko and Pastur, "Distribution of eigenvalues for some sets of
+          random matrices", Math. USSR-Sbornik 1967.
+        - Chen, Zhu and Heng, "An Efficient Statistical Method for Image Noise
+          Level Estimation", ICCV 2015 (noise from patch-covariance eigenvalues).
+        - Donoho and Johnstone, "Ideal spatial adaptation by wavelet
+          shrinkage", Biometrika 1994 (the MAD noise estimate).
     """
+    check_choice("method", method, _NOISE_METHODS)
+    per_image = check_bool("per_image", per_image)
     x = _as_images("images", images)
+    if method == "auto":
+        method = "calibrated" if reference is not None else ("mad" if quantile is not None else "pca")
+    if method == "pca":
+        if reference is not None or quantile is not None:
+            raise ValueError("method='pca' is reference-free and takes neither `reference` nor `quantile`. "
+                             f"Received: reference={'None' if reference is None else 'an array'}, "
+                             f"quantile={quantile!r}")
+        if patch_size is not None:
+            patch_size = check_int("patch_size", patch_size, minimum=_MIN_PATCH_SIZE)
+        return _pca_noise_level(x, per_image, patch_size)
+    if patch_size is not None:
+        raise ValueError(f"`patch_size` is used by method='pca' only. Received: patch_size={patch_size!r} "
+                         f"with method={method!r}")
+    if method == "calibrated" and reference is None:
+        raise ValueError("method='calibrated' needs clean `reference` images. Received: reference=None")
+    if method == "mad" and reference is not None:
+        raise ValueError("method='mad' is uncalibrated and takes no `reference`; use method='calibrated'. "
+                         "Received: a reference with method='mad'")
     if quantile is None:
-        quantile = 0.5 if reference is None else 0.25
+        quantile = 0.5 if method == "mad" else 0.25
     quantile = check_scalar("quantile", quantile, minimum=0, maximum=1, min_inclusive=False, max_inclusive=False)
     raw = _raw_noise_statistic(x, quantile)
     reading = raw if per_image else float(np.median(raw))
-    if reference is None:
+    if method == "mad":
         return reading
     ref = _as_images("reference", reference)
     if ref.shape[1:] != x.shape[1:]:
@@ -198,8 +363,8 @@ def estimate_noise_level_pca(images, max_tail=None):
 
     It needs many images per pixel (it reads low on small sets:
     docs/choosing_defaults.md) and clean data with unused directions;
-    `estimate_noise_level` with a reference is more precise when clean images
-    of the same kind exist.
+    `estimate_noise_level` (reference-free by default: the noise eigenvalues
+    found with the Marchenko-Pastur bulk edge) reads closer on images.
 
     Args:
         images: images (or any samples) `(n, ...)`, flattened per sample;

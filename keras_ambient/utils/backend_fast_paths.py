@@ -16,20 +16,19 @@ allows it, for the many calls of one network that sampling makes:
   compilation): the eager call `net(inputs, training=False)` (torch: under
   `no_grad`).
 
-Compiled functions are cached per network (weakly) and per input signature,
+Compiled functions are cached on the network and per input signature,
 so later sampling calls reuse them. Every path computes the same function;
 tests/test_backend_fast_paths.py compares them with the generic path.
 """
 
 import contextlib
 import warnings
-import weakref
 
 import keras
 from keras import ops
 
 _ENABLED = True
-_CACHE = weakref.WeakKeyDictionary()
+_ATTR = "_keras_ambient_inference_call"
 
 
 def set_enabled(enabled):
@@ -52,17 +51,15 @@ def inference_call(net):
     """
     if not _ENABLED:
         return _generic(net)
-    try:
-        entry = _CACHE.get(net)
-    except TypeError:  # not weak-referenceable: no cache
-        entry = None
+    entry = getattr(net, _ATTR, None)
     if entry is None:
         backend = keras.backend.backend()
         maker = {"jax": _jax_call, "tensorflow": _tf_call, "torch": _torch_call}.get(backend)
         entry = maker(net) if maker is not None else _generic(net)
         try:
-            _CACHE[net] = entry
-        except TypeError:
+            # On the network itself (not a module-level cache): it goes with it.
+            object.__setattr__(net, _ATTR, entry)
+        except (AttributeError, TypeError):
             pass
     return entry
 

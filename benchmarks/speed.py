@@ -168,11 +168,12 @@ def _keras_train_task(args, cfg, out):
             _measure(out, dict(rec, kind="consistency", variant="cw=1"),
                      lambda: _keras_model(net, cfg, cw=1.0), x, batch, steps, warmup)
             # The cheapest unbiased setting: the ambient forward pass is the target.
-            _measure(out, dict(rec, kind="consistency_cheap",
-                               variant="cw=1 start=ambient num_steps=1"),
-                     lambda: _keras_model(net, cfg, cw=1.0,
-                                          consistency={"start": "ambient", "num_steps": 1}),
-                     x, batch, steps, warmup)
+            if not args.no_cheap:
+                _measure(out, dict(rec, kind="consistency_cheap",
+                                   variant="cw=1 start=ambient num_steps=1"),
+                         lambda: _keras_model(net, cfg, cw=1.0,
+                                              consistency={"start": "ambient", "num_steps": 1}),
+                         x, batch, steps, warmup)
         keras.backend.clear_session()
 
 
@@ -310,7 +311,7 @@ def run_worker(args, cfg):
 def _worker_argv(args):
     argv = ["--sections", ",".join(args.sections), "--nets", ",".join(args.nets),
             "--jit-nets", ",".join(args.jit_nets), "--cons-nets", ",".join(args.cons_nets),
-            "--dtype-policy", args.dtype_policy]
+            "--dtype-policy", args.dtype_policy] + (["--no-cheap"] if args.no_cheap else [])
     for key in ("batch", "base_channels", "steps"):
         if getattr(args, key) is not None:
             argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
@@ -433,6 +434,8 @@ def _parse(argv):
     parser.add_argument("--steps", type=int, default=None, help="timed steps of every net")
     parser.add_argument("--dtype-policy", default="float32",
                         choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    parser.add_argument("--no-cheap", action="store_true",
+                        help="consistency section: only the library's defaults")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per worker")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also try torch.compile (Keras jit_compile=True on torch, and the"

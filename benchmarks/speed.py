@@ -378,10 +378,12 @@ def _consistency_table(records, args):
             rows.append([b, net, bu.fmt(s0), bu.fmt(s1),
                          bu.fmt(s0 / s1, 2) if s0 and s1 else "—", bu.fmt(s2),
                          bu.fmt(s0 / s2, 2) if s0 and s2 else "—"])
+    header = ["backend", "net", "cw=0", "defaults", "ratio", "cheap", "ratio"]
+    if args.no_cheap:
+        header, rows = header[:5], [row[:5] for row in rows]
     return ("\nConsistency overhead (jit 'auto'): steps/s; defaults = the library's "
             "ConsistencyLoss; cheap = start='ambient', num_steps=1; ratio = time per step "
-            "vs cw=0\n" + bu.table(["backend", "net", "cw=0", "defaults", "ratio", "cheap",
-                                    "ratio"], rows))
+            "vs cw=0\n" + bu.table(header, rows))
 
 
 def _memory_table(records, args, cfg):

@@ -11,7 +11,8 @@
 #      mixed_bfloat16, with and without consistency) and the sampling table
 #      (Heun 18/40, 128 images) of the Keras backends against plain PyTorch on the
 #      same GPU, in the format of benchmarks/speed.py and sampling_speed.py.
-# Every stage has a time limit, taken from what is left of GPU_CHECK_BUDGET (470 s).
+# Every stage has a time limit, taken from what is left of GPU_CHECK_BUDGET (470 s;
+# smoke mode: limits and budget x GPU_CHECK_SCALE, default 4).
 #
 #   bash benchmarks/gpu_check.sh                     # on the GPU machine
 #   GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # tiny sizes, CPU, installed env
@@ -19,20 +20,25 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${GPU_WHEELS:-shared/wheels}
 SMOKE=${GPU_CHECK_SMOKE:-0}
-BUDGET=${GPU_CHECK_BUDGET:-470}
+# Smoke mode (CPU, tiny sizes): compilation on a shared CPU is slow, so every limit x4.
+SCALE=${GPU_CHECK_SCALE:-$(( SMOKE ? 4 : 1 ))}
+BUDGET=${GPU_CHECK_BUDGET:-$(( 470 * SCALE ))}
 PY=${PYTHON:-python}
 START=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TF_CPP_MIN_LOG_LEVEL=3
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX and torch share the GPU in one run
 log() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*"; }
 # Seconds for a stage: at most $1, and what is left of the budget minus $2 (reserved).
-limit() { local left=$(( BUDGET - ($(date +%s) - START) - ${2:-0} )); (( left < $1 )) && echo $(( left > 10 ? left : 10 )) || echo "$1"; }
+limit() {
+  local want=$(( $1 * SCALE )) left=$(( BUDGET - ($(date +%s) - START) - ${2:-0} * SCALE ))
+  (( left < want )) && echo $(( left > 10 ? left : 10 )) || echo "$want"
+}
 run() { local t=$1; shift; log "(limit ${t}s) $*"; timeout --kill-after=10 "$t" "$@"; local rc=$?; (( rc == 124 )) && log "TIMED OUT after ${t}s: $*"; return $rc; }
 
 if (( SMOKE )); then
   NETS=digits8; BASE=8; BATCH=8; STEPS=3; N=4
   TESTS=(tests/test_backend_fast_paths.py tests/test_torch_reference.py)
-  K="matches or reproducible"
+  K="generic_path or mlp_reference"
 else
   NETS=img32; BASE=32; BATCH=128; STEPS=20; N=128
   TESTS=(tests/test_backend_fast_paths.py tests/test_torch_reference.py tests/test_samplers.py tests/test_model.py)
@@ -74,12 +80,12 @@ for policy in float32 mixed_bfloat16; do
   t=$(limit 110 100)
   run "$t" $PY benchmarks/speed.py --backends jax,torch --sections train,consistency --nets $NETS \
       --cons-nets $NETS --no-cheap --base-channels $BASE --batch $BATCH --steps $STEPS \
-      --dtype-policy $policy --repeats 1 --timeout $(( t / 3 )) 2>&1 | grep -v "^WARNING\|^I0000\|^E0000\|^W0000"
+      --dtype-policy $policy --repeats 1 --timeout $(( t / 2 )) 2>&1 | grep -v "^WARNING\|^I0000\|^E0000\|^W0000"
 done
 for policy in float32 mixed_bfloat16; do
   t=$(limit 45)
   run "$t" $PY benchmarks/sampling_speed.py --backends jax,torch --nets $NETS --n $N \
-      --base-channels $BASE --repeats 1 --no-old --dtype-policy $policy --timeout $(( t / 3 )) \
+      --base-channels $BASE --repeats 1 --no-old --dtype-policy $policy --timeout $(( t / 2 )) \
       2>&1 | grep -v "^WARNING\|^I0000\|^E0000\|^W0000"
 done
 log "done"

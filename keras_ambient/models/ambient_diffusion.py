@@ -13,7 +13,7 @@ from keras_ambient.models.loading import check_save_path
 from keras_ambient.pretrained.lora import enable_lora
 from keras_ambient.losses.ambient_loss import AmbientLoss
 from keras_ambient.losses.consistency_loss import ConsistencyLoss
-from keras_ambient.utils import batches
+from keras_ambient.utils import backend_fast_paths, batches
 from keras_ambient.utils.train_step import train_step_then
 from keras_ambient.utils.structures import condition_length, pad_condition, slice_condition
 from keras_ambient.utils.distribute import scale_loss_for_replicas
@@ -652,28 +652,41 @@ class AmbientDiffusion(keras.Model):
         return self.denoiser
 
     def _denoise_fn(self, use_ema, condition, pad_to=None):
-        """`fn(x, sigma) -> D(x; sigma)` compiled by Keras's predict machinery.
+        """`fn(x, sigma) -> D(x; sigma)` on backend tensors, compiled per backend.
 
-        With `pad_to`, smaller batches are zero-padded to that size for the
-        network call, so a partial last batch reuses the compiled function
-        (JAX compiles once per input shape).
+        The network is called through `utils.backend_fast_paths.inference_call`
+        (JAX: `jax.jit`; TensorFlow: `tf.function`; torch: a checked
+        `torch.jit.trace`; otherwise the eager call), with no NumPy round trip
+        between sampler steps. With `pad_to`, smaller batches are zero-padded
+        to that size for the network call, so a partial last batch reuses the
+        compiled function (compilation is per input shape).
         """
         net = self._denoiser_for(use_ema)
         if not self.built:
             self.build()
+        call = backend_fast_paths.inference_call(net)
+        padded = {}  # pad -> the condition as backend tensors
+
+        def condition_for(pad):
+            if condition is None:
+                return None
+            if pad not in padded:
+                padded[pad] = keras.tree.map_structure(ops.convert_to_tensor,
+                                                       pad_condition(condition, pad))
+            return padded[pad]
 
         def denoise_fn(x, sigma):
-            x = ops.convert_to_numpy(x)
-            n = x.shape[0]
-            sig = np.full((n,), sigma, dtype="float32") if np.ndim(sigma) == 0 else np.asarray(sigma, "float32")
-            cond = condition
+            x = ops.convert_to_tensor(x, dtype="float32")
+            n = int(ops.shape(x)[0])
+            if np.ndim(sigma) == 0:
+                sig = ops.full((n,), sigma, dtype="float32")
+            else:
+                sig = ops.reshape(ops.convert_to_tensor(sigma, dtype="float32"), (-1,))
             pad = 0 if pad_to is None else max(pad_to - n, 0)
             if pad:
-                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-                sig = np.concatenate([sig, np.ones((pad,), "float32")])
-                cond = pad_condition(cond, pad)
-            inputs = [x, sig] + ([cond] if cond is not None else [])
-            out = net.predict_on_batch(inputs)
+                x = ops.concatenate([x, ops.zeros((pad,) + tuple(x.shape[1:]), "float32")])
+                sig = ops.concatenate([sig, ops.ones((pad,), "float32")])
+            out = call(x, sig, condition_for(pad))
             return out[:n] if pad else out
 
         return denoise_fn
@@ -713,7 +726,8 @@ class AmbientDiffusion(keras.Model):
         for i in range(0, len(x), batch_size):
             cond = slice_condition(condition, i, i + batch_size)
             fn = self._denoise_fn(use_ema, cond, pad_to=pad_to)
-            outs.append(np.asarray(fn(x[i:i + batch_size], sigma[i:i + batch_size])))
+            outs.append(np.asarray(ops.convert_to_numpy(fn(x[i:i + batch_size], sigma[i:i + batch_size])),
+                                   dtype="float32"))
         return np.concatenate(outs, axis=0) if outs else x.copy()
 
     def generate(self, num_samples=None, *, num_steps=18, sampler="heun", mode="full",
@@ -907,7 +921,7 @@ def _clipped(denoise_fn, low, high):
     """`denoise_fn` with its output clipped to `[low, high]`."""
 
     def fn(x, sigma):
-        return np.clip(np.asarray(denoise_fn(x, sigma)), low, high)
+        return ops.clip(denoise_fn(x, sigma), low, high)
 
     return fn
 

@@ -96,6 +96,14 @@ def _keras_model(net, cfg, cw=0.0, jit_compile="auto", consistency=None):
     return model
 
 
+def _default_consistency_weight():
+    import inspect
+
+    import keras_ambient as ka
+
+    return inspect.signature(ka.AmbientDiffusion).parameters["consistency_weight"].default
+
+
 def _trainable_params(model):
     import numpy as np
 
@@ -177,12 +185,15 @@ def _keras_train_task(args, cfg, out):
         keras.backend.clear_session()
 
 
-def _keras_memory_task(args, cfg, out):
+def _keras_memory_task(args, cfg, out, consistency=False):
+    """Peak host memory of a step; with `consistency`, the library's default consistency
+    loss and weight (a separate process: ru_maxrss only grows)."""
     backend = bu.setup_threads(args.threads)
     mem_cfg = dict(cfg, img32=dict(base_channels=cfg["memory_base"], batch=0))
     batch = cfg["memory_batch"]
     x = bu.make_data("img32", batch * (1 + cfg["memory_steps"]), SIGMA_N)
-    model = _keras_model("img32", mem_cfg)
+    cw = _default_consistency_weight() if consistency else 0.0
+    model = _keras_model("img32", mem_cfg, cw=cw)
     model.build()
     device = bu.device_peak_reset(backend)
     before = bu.rss_mb()
@@ -192,7 +203,7 @@ def _keras_memory_task(args, cfg, out):
     after_warm = bu.rss_mb()
     model.fit(x[batch:], batch_size=batch, epochs=1, verbose=0, shuffle=False)
     out.append(dict(
-        backend=backend, net="img32", kind="memory", batch=batch,
+        backend=backend, net="img32", kind="memory", batch=batch, consistency=bool(consistency),
         base_channels=cfg["memory_base"], params=_trainable_params(model),
         rss_before_mb=before, rss_after_warmup_mb=after_warm, rss_after_steps_mb=bu.rss_mb(),
         warmup_s=warm, device_peak_mb=bu.device_peak(backend, device)))
@@ -298,8 +309,8 @@ def run_worker(args, cfg):
                 _plain_memory_task(args, cfg, out)
             else:
                 _plain_train_task(args, cfg, out, compile_loss=args.task == "compile")
-        elif args.task == "memory":
-            _keras_memory_task(args, cfg, out)
+        elif args.task in ("memory", "memory_cons"):
+            _keras_memory_task(args, cfg, out, consistency=args.task == "memory_cons")
         elif args.task == "compile":
             _keras_torch_compile_task(args, cfg, out)
         else:
@@ -388,19 +399,23 @@ def _consistency_table(records, args):
 
 def _memory_table(records, args, cfg):
     rows = []
-    for b in list(args.backends) + ["plain_torch"]:
+    variants = [(b, c) for b in args.backends for c in (False, True)] + [("plain_torch", False)]
+    for b, cons in variants:
         match = dict(backend=b, kind="memory")
+        if b != "plain_torch":
+            match["consistency"] = cons
         if not bu.select(records, **match):
             continue
         before, warm, after, dev = (bu.value(records, k, **match) for k in (
             "rss_before_mb", "rss_after_warmup_mb", "rss_after_steps_mb", "device_peak_mb"))
-        rows.append([b, bu.fmt(bu.value(records, "params", **match), 0), bu.fmt(before, 0),
-                     bu.fmt(warm, 0), bu.fmt(after, 0),
+        rows.append([b, "yes" if cons else "no", bu.fmt(bu.value(records, "params", **match), 0),
+                     bu.fmt(before, 0), bu.fmt(warm, 0), bu.fmt(after, 0),
                      bu.fmt(after - before, 0) if after and before else "—",
                      bu.fmt(dev, 0) if dev else "n/a (CPU)"])
     return (f"\nMemory, training step, img32 U-Net base {cfg['memory_base']}, batch "
-            f"{cfg['memory_batch']}: HOST peak RSS (MiB, ru_maxrss), fresh process\n"
-            + bu.table(["backend", "params", "before", "after warm-up", "after steps",
+            f"{cfg['memory_batch']}: HOST peak RSS (MiB, ru_maxrss), fresh process; consistency: "
+            f"the library's default loss and weight\n"
+            + bu.table(["backend", "consistency", "params", "before", "after warm-up", "after steps",
                         "peak - before", "device peak"], rows))
 
 
@@ -480,6 +495,7 @@ def main(argv=None):
             jobs += [(b, "train") for b in args.backends] + [("plain", "train")]
         if "memory" in args.sections:
             jobs += [(b, "memory") for b in args.backends] + [("plain", "memory")]
+            jobs += [(b, "memory_cons") for b in args.backends]
         if args.torch_compile and ("jit" in args.sections or "train" in args.sections):
             if "torch" in args.backends and "jit" in args.sections:
                 jobs.append(("torch", "compile"))

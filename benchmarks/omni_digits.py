@@ -37,6 +37,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -158,8 +159,6 @@ def main(argv=None):
         samples, train_s = train_and_sample(everything, np.zeros(len(everything), "float32"),
                                             sigma_data, args, clean_mask)
         rows.append(dict(corruption=name, model="all as clean", train_s=train_s, **metrics(samples)))
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the dropped count is printed above
             y, sigma_n = annotation.training_data(clean, corrupted, seed=args.seed + 2)

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
-from keras_ambient.annotation.noise_annotation import NoiseAnnotation
-from keras_ambient.annotation.noise_classifier import NoiseClassifier
+from keras_ambient.annotation.noise_annotation import NoiseAnnotation, check_grid
+from keras_ambient.annotation.noise_classifier import NoiseClassifier, sigmoid
 from keras_ambient.utils.validation import check_finite_array, check_int, check_scalar
 
 
@@ -121,8 +121,7 @@ def annotate_noise_levels(classifier, corrupted, tau=0.45, grid=None, num_draws=
     num_draws = check_int("num_draws", num_draws, minimum=1)
     if grid is None:
         grid = np.geomspace(classifier.sigma_min, classifier.sigma_max, 32)
-    grid = np.asarray(grid, dtype="float64")
-    NoiseAnnotation(grid, np.zeros((0, len(grid))), tau)  # validates the grid before the work
+    grid = check_grid(grid)
     rng = np.random.default_rng(seed)
     probabilities = np.zeros((len(corrupted), len(grid)))
     n = len(corrupted)
@@ -130,7 +129,7 @@ def annotate_noise_levels(classifier, corrupted, tau=0.45, grid=None, num_draws=
         z = rng.standard_normal(corrupted.shape, dtype="float32")
         for j, level in enumerate(grid.astype("float32")):
             logits = classifier._logits_numpy(corrupted + level * z, np.full(n, level), batch_size)
-            probabilities[:, j] += 0.5 * (1.0 + np.tanh(0.5 * logits))
+            probabilities[:, j] += sigmoid(logits)
     return NoiseAnnotation(grid, probabilities / num_draws, tau, groups)
 
 

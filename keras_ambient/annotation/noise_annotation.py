@@ -45,13 +45,7 @@ class NoiseAnnotation:
     """
 
     def __init__(self, grid, probabilities, tau=0.45, groups=None):
-        grid = _float_array("grid", grid)
-        if grid.ndim != 1 or len(grid) < 2 or not np.all(np.isfinite(grid)) or np.any(grid <= 0) \
-                or np.any(np.diff(grid) <= 0):
-            raise ValueError(
-                "`grid` must be at least 2 increasing noise levels > 0. Received: grid="
-                f"{np.array2string(grid, precision=4, threshold=8)}"
-            )
+        grid = check_grid(grid)
         p = _float_array("probabilities", probabilities)
         if p.ndim != 2 or p.shape[1] != len(grid) or not np.all((p >= 0) & (p <= 1)):
             raise ValueError(
@@ -160,6 +154,18 @@ class NoiseAnnotation:
         median = f"{np.median(usable):.3g}" if len(usable) else "n/a"
         return (f"NoiseAnnotation({len(self.levels)} samples, median level {median}, "
                 f"{self.num_dropped} unusable, tau={self.tau})")
+
+
+def check_grid(grid):
+    """At least 2 increasing finite noise levels > 0, as a float64 array."""
+    grid = _float_array("grid", grid)
+    if grid.ndim != 1 or len(grid) < 2 or not np.all(np.isfinite(grid)) or np.any(grid <= 0) \
+            or np.any(np.diff(grid) <= 0):
+        raise ValueError(
+            "`grid` must be at least 2 increasing noise levels > 0. Received: grid="
+            f"{np.array2string(grid, precision=4, threshold=8)}"
+        )
+    return grid
 
 
 def _float_array(name, value):

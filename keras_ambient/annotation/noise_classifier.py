@@ -7,6 +7,7 @@ from keras import ops
 from keras_ambient.networks.conditioning import SeededInitializers, embed_noise_and_condition
 from keras_ambient.networks.unet import _res_block
 from keras_ambient.utils.seeding import SavedSeedGenerator
+from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.structures import map_in_batches
 from keras_ambient.utils.validation import (
     check_finite_array,
@@ -108,13 +109,19 @@ class NoiseClassifier(keras.Model):
         logit = keras.layers.Reshape((), name="flatten_logit")(logit)
         return keras.Model([x_in, noise_in], logit, name="classifier_network")
 
-    def _logits(self, x_sigma, sigma):
+    def _logits(self, x_sigma, sigma, network_call=None):
+        """`c_out * F(c_in x_sigma, c_noise)`: the one place of the preconditioning.
+
+        `network_call(x, c_noise)` defaults to the network's own call (training,
+        `model([x, sigma])`); sampling-style inference passes a compiled one.
+        """
         x_sigma = ops.cast(x_sigma, "float32")
         sigma = ops.broadcast_to(ops.reshape(ops.cast(sigma, "float32"), (-1,)), (ops.shape(x_sigma)[0],))
         scale = ops.sqrt(sigma**2 + self.sigma_data**2)
         c_in = ops.reshape(1.0 / scale, (-1, 1, 1, 1))
         c_out = self.sigma_data / scale
-        return c_out * self.network([x_sigma * c_in, ops.log(sigma) / 4.0])
+        call = network_call or (lambda x, c_noise: self.network([x, c_noise]))
+        return c_out * call(x_sigma * c_in, ops.log(sigma) / 4.0)
 
     def call(self, inputs, training=None):
         if isinstance(inputs, (list, tuple)) and len(inputs) == 2:
@@ -189,20 +196,20 @@ class NoiseClassifier(keras.Model):
         total = np.zeros(len(x))
         for _ in range(num_draws):
             noisy = x + sigma.reshape(-1, 1, 1, 1) * rng.standard_normal(x.shape, dtype="float32")
-            total += _sigmoid(self._logits_numpy(noisy, sigma, batch_size))
+            total += sigmoid(self._logits_numpy(noisy, sigma, batch_size))
         return total / num_draws
 
     def _logits_numpy(self, x_sigma, sigma, batch_size):
-        # The network's compiled predict function, preconditioned as in `_logits`.
-        scale = np.sqrt(sigma.astype("float64") ** 2 + self.sigma_data**2)
-        scaled = x_sigma * (1.0 / scale).astype("float32").reshape(-1, 1, 1, 1)
-        c_noise = (np.log(sigma) / 4.0).astype("float32")
+        # The network compiled per backend, as `generate` calls a denoiser.
+        network_call = backend_fast_paths.inference_call(self.network)
+        x_sigma = np.asarray(x_sigma, dtype="float32")
+        sigma = np.asarray(sigma, dtype="float32")
 
         def run(index):
-            return self.network.predict_on_batch([scaled[index], c_noise[index]])
+            return self._logits(x_sigma[index], sigma[index], network_call)
 
-        raw = map_in_batches(run, np.arange(len(x_sigma)), batch_size, pad=True)
-        return np.asarray(raw, dtype="float64") * (self.sigma_data / scale)
+        return np.asarray(map_in_batches(run, np.arange(len(x_sigma)), batch_size, pad=True),
+                          dtype="float64")
 
     def get_config(self):
         return {
@@ -222,5 +229,6 @@ class NoiseClassifier(keras.Model):
         return cls(**config)
 
 
-def _sigmoid(z):
+def sigmoid(z):
+    """The logistic function in NumPy (float64, no overflow warnings)."""
     return 0.5 * (1.0 + np.tanh(0.5 * z))

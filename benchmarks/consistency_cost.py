@@ -10,6 +10,7 @@ Usage:
     python benchmarks/consistency_cost.py                       # jax, torch, tensorflow
     python benchmarks/consistency_cost.py --backends jax --batch-size 64 --repeats 3
     python benchmarks/consistency_cost.py --fractions 1.0,0.25,0.125   # sub-batch sizes
+    python benchmarks/consistency_cost.py --backends torch --generic   # also without the fast paths
 """
 
 import argparse
@@ -27,12 +28,18 @@ def worker(args):
     import numpy as np
 
     import keras_ambient as ka
+    from keras_ambient.utils import backend_fast_paths
 
     y = ka.data.add_noise(ka.data.load_digits("train"), 0.2, seed=0)
     rng = np.random.default_rng(0)
     data = y[rng.integers(0, len(y), args.steps * args.batch_size)]
     settings = [("ambient", 0.0, None)] + [(f"consistency (batch_fraction {f:g})", 1.0, f)
                                            for f in args.fractions]
+    if args.generic:
+        # The same consistency model with utils/backend_fast_paths off: the chain's
+        # network calls go through Keras's eager call (on torch: no traced call).
+        settings.append((f"consistency (batch_fraction {args.fractions[0]:g}, generic path)", 1.0,
+                         args.fractions[0]))
     models = {}
     for name, cw, fraction in settings:
         keras.utils.set_random_seed(0)
@@ -46,9 +53,11 @@ def worker(args):
     times = {name: [] for name, _, _ in settings}
     for _ in range(args.repeats):
         for name, _, _ in settings:
+            backend_fast_paths.set_enabled("generic path" not in name)
             t0 = time.perf_counter()
             models[name].fit(data, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
             times[name].append((time.perf_counter() - t0) / args.steps)
+        backend_fast_paths.set_enabled(True)
     print(_MARK + json.dumps({"backend": keras.backend.backend(), "times": times}), flush=True)
 
 
@@ -60,6 +69,8 @@ def _parse():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fractions", default="default",
                    help="comma list of ConsistencyLoss batch_fraction values ('default': the library's)")
+    p.add_argument("--generic", action="store_true",
+                   help="also time the first fraction with utils/backend_fast_paths off")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -82,7 +93,7 @@ def run(argv=None):
         env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                    TF_CPP_MIN_LOG_LEVEL="3")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--batch-size", str(args.batch_size),
-               "--steps", str(args.steps), "--repeats", str(args.repeats), "--fractions", args.fractions]
+               "--steps", str(args.steps), "--repeats", str(args.repeats), "--fractions", args.fractions] + (["--generic"] if args.generic else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
         if proc.returncode != 0 or not lines:

@@ -92,3 +92,47 @@ def test_generate_is_reproducible_on_the_generic_path(generic_path):
 def test_set_enabled_needs_a_bool():
     with pytest.raises(TypeError, match="Received: enabled=1"):
         fast.set_enabled(1)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_no_gradient_call_matches_the_plain_call_without_gradient(training):
+    model = _model()
+    net = model.denoiser
+    rng = np.random.default_rng(4)
+    for sigma in (0.05, 0.2, 3.0):  # torch: traced once, then reused
+        x = keras.ops.convert_to_tensor(rng.normal(size=(6, 8, 8, 1)).astype("float32"))
+        s = keras.ops.convert_to_tensor(np.full((6,), sigma, "float32"))
+        got = fast.no_gradient_call(net, x, s, training=training)
+        want = net([x, s], training=training)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want),
+                                   rtol=1e-5, atol=1e-5)
+        if keras.backend.backend() == "torch":
+            assert not got.requires_grad
+
+
+def test_no_gradient_call_keeps_dropout_random_in_training():
+    # A traced call would freeze one dropout mask; the checked trace must refuse it.
+    model = _model(dropout=0.5)
+    x = keras.ops.convert_to_tensor(np.random.default_rng(5).normal(size=(4, 8, 8, 1)).astype("float32"))
+    s = keras.ops.convert_to_tensor(np.full((4,), 0.3, "float32"))
+    outs = [keras.ops.convert_to_numpy(fast.no_gradient_call(model.denoiser, x, s, training=True))
+            for _ in range(3)]
+    assert not np.allclose(outs[1], outs[2])
+    inference = keras.ops.convert_to_numpy(fast.no_gradient_call(model.denoiser, x, s, training=False))
+    np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(
+        model.denoiser([x, s], training=False)), rtol=1e-5, atol=1e-5)
+
+
+def test_consistency_loss_is_the_same_on_the_generic_path():
+    model = _model()
+    y = np.random.default_rng(6).normal(scale=0.5, size=(8, 8, 8, 1)).astype("float32")
+    sigma_n = np.full((8,), 0.2, "float32")
+    loss = ka.losses.ConsistencyLoss(batch_fraction=0.5)
+    fast_value = keras.ops.convert_to_numpy(loss(model.denoiser, y, sigma_n, seed=3))
+    fast.set_enabled(False)
+    try:
+        generic_value = keras.ops.convert_to_numpy(loss(model.denoiser, y, sigma_n, seed=3))
+    finally:
+        fast.set_enabled(True)
+    assert fast_value.shape == (4,) and np.all(np.abs(fast_value) > 0)
+    np.testing.assert_allclose(fast_value, generic_value, rtol=1e-4, atol=1e-7)

@@ -1,2 +1,2 @@
 from keras_ambient.losses.ambient_loss import AmbientLoss, AmbientLossOutput
-from keras_ambient.losses.consistency_loss import ConsistencyLoss
+from keras_ambient.losses.consistency_loss import ConsistencyChain, ConsistencyLoss

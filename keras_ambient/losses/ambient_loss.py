@@ -128,14 +128,31 @@ class AmbientLoss:
         Returns:
             An `AmbientLossOutput(loss, x_t, sigma_t, denoised)`.
         """
+        x_t, sigma_t = self.noised_inputs(y, sigma_n, seed=seed, denoiser=denoiser)
+        inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
+        denoised = denoiser(inputs, training=training)
+        return self.loss_from_denoised(denoised, y, sigma_n, x_t, sigma_t)
+
+    def noised_inputs(self, y, sigma_n, seed=None, denoiser=None):
+        """The network's inputs `(x_t, sigma_t)`: `sigma_t > sigma_n` drawn, `x_t` by M1.
+
+        The first half of `__call__`; with `loss_from_denoised` it lets a
+        caller evaluate `D(x_t; sigma_t)` in one network call together with
+        other inputs (`ka.AmbientDiffusion` batches it with the consistency
+        loss's `D(x_s; s)`).
+        """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
         sigma_t = self.sample_sigma(sigma_n, seed, denoiser=denoiser)
         noise = keras.random.normal(ops.shape(y), seed=seed)
         x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
                                             equations.expand_to(sigma_t, y), noise)
-        inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
-        denoised = denoiser(inputs, training=training)
+        return x_t, sigma_t
+
+    def loss_from_denoised(self, denoised, y, sigma_n, x_t, sigma_t):
+        """The per-sample loss (M3) given `denoised = D(x_t; sigma_t)`: an `AmbientLossOutput`."""
+        y = ops.cast(y, "float32")
+        sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
         y_hat = equations.noisy_data_prediction(denoised, x_t, sigma_t, sigma_n)
         axes = tuple(range(1, len(y.shape)))
         sq_err = ops.mean(ops.square(y_hat - y), axis=axes)

@@ -1,9 +1,11 @@
+import collections
 import math
 
 import keras
 from keras import ops
 
 from keras_ambient import equations
+from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.structures import repeat_condition
 from keras_ambient.utils.validation import check_bool, check_choice, check_int, check_scalar
 
@@ -12,6 +14,18 @@ S_DISTRIBUTIONS = ("uniform", "log_uniform")
 CHAINS = ("euler_maruyama", "ddpm")
 SPACINGS = ("edm", "geometric", "linear")
 ESTIMATORS = ("unbiased", "plug_in")
+
+
+ConsistencyChain = collections.namedtuple(
+    "ConsistencyChain", ["x_s", "s", "condition", "target", "mask", "num_draws"]
+)
+ConsistencyChain.__doc__ = """The reverse chains of one sub-batch, ready for the final `D(x_s; s)`.
+
+`x_s` (`num_draws` chains stacked along axis 0), its levels `s` and the
+repeated `condition` are the inputs of the one network call with gradient;
+`target = D(x_t; t)` (sub-batch size) and `mask` (1 where the sample has a
+level below it, or None) enter the loss (`ConsistencyLoss.loss_from_denoised`).
+"""
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -139,9 +153,10 @@ class ConsistencyLoss:
         return equations.reverse_sde_step(x, denoised, a, b, noise)
 
     def _denoise(self, denoiser, x, sigma, condition, training, grad):
-        inputs = [x, sigma] + ([condition] if condition is not None else [])
-        out = denoiser(inputs, training=training)
-        return out if grad else ops.stop_gradient(out)
+        if grad:
+            return denoiser([x, sigma] + ([condition] if condition is not None else []),
+                            training=training)
+        return backend_fast_paths.no_gradient_call(denoiser, x, sigma, condition, training)
 
     def __call__(self, denoiser, y, sigma_n, ambient_output=None, condition=None,
                  seed=None, training=True, target_denoiser=None):
@@ -164,6 +179,22 @@ class ConsistencyLoss:
         Returns:
             A tensor of shape `(k,)`, `k = subbatch_size(batch)`: the loss of
             the first `k` samples of the batch.
+        """
+        chain = self.reverse_chain(denoiser, y, sigma_n, ambient_output=ambient_output,
+                                   condition=condition, seed=seed, training=training,
+                                   target_denoiser=target_denoiser)
+        denoised_s = self._denoise(denoiser, chain.x_s, chain.s, chain.condition, training, grad=True)
+        return self.loss_from_denoised(denoised_s, chain)
+
+    def reverse_chain(self, denoiser, y, sigma_n, ambient_output=None, condition=None,
+                      seed=None, training=True, target_denoiser=None):
+        """Everything of `__call__` before the final `D(x_s; s)`: a `ConsistencyChain`.
+
+        The target `D(x_t; t)` and the `num_draws` reverse chains from `t` to
+        `s`, without gradient (unless `stop_gradient_target=False` or
+        `backprop_through_chain=True`). Arguments as in `__call__`; with
+        `loss_from_denoised` it lets a caller evaluate `D(x_s; s)` in one
+        network call with other inputs.
         """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
@@ -219,17 +250,19 @@ class ConsistencyLoss:
             x = self.move(x, x0_hat, levels[i], levels[i + 1], noise)
         if not grad_chain:
             x = ops.stop_gradient(x)
+        return ConsistencyChain(x, levels[-1], cond_k, target, mask, draws)
 
-        denoised_s = self._denoise(denoiser, x, levels[-1], cond_k, training, grad=True)
-        denoised_draws = ops.split(denoised_s, draws, axis=0)
+    def loss_from_denoised(self, denoised_s, chain):
+        """The per-sample loss (M4) given `denoised_s = D(chain.x_s; chain.s)`."""
+        denoised_draws = ops.split(denoised_s, chain.num_draws, axis=0)
         if self.estimator == "plug_in":
-            loss = equations.consistency_plug_in(denoised_draws, target)
-        elif draws == 2:
-            loss = equations.consistency_product(denoised_draws[0], denoised_draws[1], target)
+            loss = equations.consistency_plug_in(denoised_draws, chain.target)
+        elif chain.num_draws == 2:
+            loss = equations.consistency_product(denoised_draws[0], denoised_draws[1], chain.target)
         else:
-            loss = equations.consistency_u_statistic(denoised_draws, target)
-        if mask is not None:
-            loss = loss * mask
+            loss = equations.consistency_u_statistic(denoised_draws, chain.target)
+        if chain.mask is not None:
+            loss = loss * chain.mask
         return loss
 
     def get_config(self):

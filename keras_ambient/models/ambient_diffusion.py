@@ -383,16 +383,11 @@ class AmbientDiffusion(keras.Model):
             weight = weight * ops.reshape(ops.cast(batch_weight, "float32"), (-1,))
         norm = ops.maximum(ops.sum(weight), 1e-12)
 
-        amb = self.ambient_loss(self.denoiser, data, sigma_n, condition=condition,
-                                seed=self.seed_generator, training=training)
+        amb, cons = self._loss_terms(data, sigma_n, condition, training)
         ambient = ops.sum(ops.where(weight > 0, amb.loss, 0.0) * weight) / norm
         total = ambient
         self.ambient_loss_tracker.update_state(ambient)
-        if self.consistency_weight > 0:
-            teacher = self.ema_denoiser if self.consistency_target == "ema" else None
-            cons = self.consistency_loss(self.denoiser, data, sigma_n, ambient_output=amb,
-                                         condition=condition, seed=self.seed_generator,
-                                         training=training, target_denoiser=teacher)
+        if cons is not None:
             # The loss covers the first k samples of the batch (its sub-batch).
             k = ops.shape(cons)[0]
             weight_c = weight[:k]
@@ -408,6 +403,40 @@ class AmbientDiffusion(keras.Model):
             self.consistency_loss_tracker.update_state(consistency)
         self.bad_samples_tracker.update_state(ops.sum(1.0 - ops.cast(good, "float32")))
         return scale_loss_for_replicas(total)  # / replicas under tf.distribute
+
+    def _loss_terms(self, data, sigma_n, condition, training):
+        """Per-sample ambient loss (an `AmbientLossOutput`) and consistency loss (or None).
+
+        With the consistency loss started at the data (its default), its
+        reverse chains run first (no gradient) and the network is then called
+        once on `[x_t; x_s]`: the ambient loss's `D(x_t; sigma_t)` and the
+        consistency loss's `D(x_s; s)` in one evaluation with gradient, the
+        same function as two calls at the cost of one call's per-call overhead
+        (Keras's layer machinery on torch). The random draws come in the same
+        order as with separate calls.
+        """
+        seed = self.seed_generator
+        teacher = self.ema_denoiser if self.consistency_target == "ema" else None
+        if self.consistency_weight == 0 or self.consistency_loss.start == "ambient":
+            amb = self.ambient_loss(self.denoiser, data, sigma_n, condition=condition, seed=seed,
+                                    training=training)
+            if self.consistency_weight == 0:
+                return amb, None
+            return amb, self.consistency_loss(self.denoiser, data, sigma_n, ambient_output=amb,
+                                              condition=condition, seed=seed, training=training,
+                                              target_denoiser=teacher)
+        x_t, sigma_t = self.ambient_loss.noised_inputs(data, sigma_n, seed=seed, denoiser=self.denoiser)
+        chain = self.consistency_loss.reverse_chain(self.denoiser, data, sigma_n, condition=condition,
+                                                    seed=seed, training=training,
+                                                    target_denoiser=teacher)
+        inputs = [ops.concatenate([x_t, chain.x_s], axis=0), ops.concatenate([sigma_t, chain.s], axis=0)]
+        if condition is not None:
+            inputs.append(keras.tree.map_structure(lambda a, b: ops.concatenate([a, b], axis=0),
+                                                   condition, chain.condition))
+        denoised = self.denoiser(inputs, training=training)
+        batch = ops.shape(x_t)[0]
+        amb = self.ambient_loss.loss_from_denoised(denoised[:batch], data, sigma_n, x_t, sigma_t)
+        return amb, self.consistency_loss.loss_from_denoised(denoised[batch:], chain)
 
     def _update_ema(self):
         """One EMA step; `train_step` runs it after the optimizer step."""

@@ -16,6 +16,14 @@ allows it, for the many calls of one network that sampling makes:
   compilation): the eager call `net(inputs, training=False)` (torch: under
   `no_grad`).
 
+`no_gradient_call(net, x, sigma, condition, training)` is the call without
+gradient inside a training step (the consistency loss's target and reverse
+chain): on torch, whose training step is eager, the traced path above (traced
+with the same `training` flag, and checked against the eager call, so a
+network whose training-mode call is random, e.g. with dropout, keeps the
+eager call); on JAX and TensorFlow the plain call (the step is compiled
+already).
+
 Compiled functions are cached on the network and per input signature,
 so later sampling calls reuse them. Every path computes the same function;
 tests/test_backend_fast_paths.py compares them with the generic path.
@@ -51,24 +59,56 @@ def inference_call(net):
     """
     if not _ENABLED:
         return _generic(net)
-    entry = getattr(net, _ATTR, None)
-    if entry is None:
-        backend = keras.backend.backend()
-        maker = {"jax": _jax_call, "tensorflow": _tf_call, "torch": _torch_call}.get(backend)
-        entry = maker(net) if maker is not None else _generic(net)
+    return _cached(net, "inference", lambda: {"jax": _jax_call, "tensorflow": _tf_call,
+                                              "torch": _torch_call}.get(keras.backend.backend(),
+                                                                        _generic)(net))
+
+
+def no_gradient_call(net, x, sigma, condition=None, training=True):
+    """`stop_gradient(net([x, sigma(, condition)], training=training))` inside a training step.
+
+    On torch (eager training steps) through the checked trace of `net`, which
+    skips Keras's per-layer call overhead; elsewhere (any other callable, or
+    while torch compiles the step with `jit_compile=True`) the plain call
+    under `no_grad`.
+    """
+    if _ENABLED and keras.backend.backend() == "torch" and isinstance(net, keras.Layer):
+        import torch
+
+        if not torch.compiler.is_compiling():
+            call = _cached(net, f"no_gradient_{bool(training)}",
+                           lambda: _torch_call(net, training=bool(training)))
+            return call(x, sigma, condition)
+    with no_grad():
+        return ops.stop_gradient(net(_inputs(x, sigma, condition), training=training))
+
+
+def _cached(net, key, make):
+    entries = getattr(net, _ATTR, None)
+    if entries is None:
+        entries = {}
         try:
             # On the network itself (not a module-level cache): it goes with it.
-            object.__setattr__(net, _ATTR, entry)
+            object.__setattr__(net, _ATTR, entries)
         except (AttributeError, TypeError):
             pass
-    return entry
+    if key not in entries:
+        entries[key] = make()
+    return entries[key]
 
 
 def _inputs(x, sigma, condition):
     return [x, sigma] + ([condition] if condition is not None else [])
 
 
-def _no_grad():
+def no_grad():
+    """Context in which the backend records no gradient (torch: `torch.no_grad()`).
+
+    For network calls whose output is only used under `stop_gradient` (the
+    consistency loss's reverse chain): on torch the eager call would otherwise
+    build an autograd graph that is thrown away. JAX and TensorFlow need nothing
+    (their gradients are traced from the loss), so this is a null context there.
+    """
     if keras.backend.backend() == "torch":
         import torch
 
@@ -76,10 +116,10 @@ def _no_grad():
     return contextlib.nullcontext()
 
 
-def _generic(net):
+def _generic(net, training=False):
     def call(x, sigma, condition=None):
-        with _no_grad():
-            return net(_inputs(x, sigma, condition), training=False)
+        with no_grad():
+            return net(_inputs(x, sigma, condition), training=training)
 
     return call
 
@@ -122,11 +162,11 @@ def _tf_call(net):
 
 
 # -------------------------------------------------------------------- torch
-def _torch_call(net):
+def _torch_call(net, training=False):
     import torch
 
     traces = {}  # input signature -> traced function, or None (use eager)
-    eager = _generic(net)
+    eager = _generic(net, training)
 
     def signature(flat):
         return tuple((tuple(t.shape), str(t.dtype), str(t.device)) for t in flat)
@@ -142,7 +182,7 @@ def _torch_call(net):
             cond = keras.tree.pack_sequence_as(condition, list(rest[:n_c])) if n_c else None
             t = list(rest[n_c:n_c + n_t])
             nt = list(rest[n_c + n_t:])
-            out, _ = net.stateless_call(t, nt, _inputs(x, sigma, cond), training=False)
+            out, _ = net.stateless_call(t, nt, _inputs(x, sigma, cond), training=training)
             return out
 
         with torch.no_grad():

@@ -318,3 +318,29 @@ def test_loss_config_round_trip(obj):
 def test_loss_bad_arguments(cls, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=f"Received: {match}"):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_model_shares_one_network_call_between_the_two_losses(num_classes):
+    # AmbientDiffusion evaluates D(x_t; sigma_t) and the consistency loss's D(x_s; s)
+    # in one call; with the same seed it must give the losses of separate calls.
+    net = ka.networks.UNet((8, 8, 1), base_channels=8, channel_multipliers=(1, 2), seed=0,
+                           num_classes=num_classes)
+    model = ka.AmbientDiffusion(network=net, sigma_n=0.2, seed=0, data_shape=(8, 8, 1))
+    model.build()
+    rng = np.random.default_rng(0)  # non-zero output convolutions: a non-trivial D
+    model.denoiser.set_weights([w + 0.05 * rng.normal(size=w.shape).astype("float32")
+                                for w in model.denoiser.get_weights()])
+    y = rng.normal(scale=0.5, size=(8, 8, 8, 1)).astype("float32")
+    sigma_n = ops.convert_to_tensor(np.full((8,), 0.2, "float32"))
+    labels = None if num_classes is None else ops.convert_to_tensor(np.arange(8) % 3)
+    amb, cons = model._loss_terms(ops.convert_to_tensor(y), sigma_n, labels, True,
+                                  seed=keras.random.SeedGenerator(11))
+    seed = keras.random.SeedGenerator(11)
+    amb_ref = model.ambient_loss(model.denoiser, y, sigma_n, condition=labels, seed=seed)
+    cons_ref = model.consistency_loss(model.denoiser, y, sigma_n, ambient_output=amb_ref,
+                                      condition=labels, seed=seed)
+    assert to_numpy(cons).shape == (2,)  # a quarter of the batch
+    np.testing.assert_allclose(to_numpy(amb.loss), to_numpy(amb_ref.loss), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(cons), to_numpy(cons_ref), rtol=1e-3, atol=1e-7)
+    assert np.all(np.abs(to_numpy(cons)) > 0)

@@ -404,7 +404,7 @@ class AmbientDiffusion(keras.Model):
         self.bad_samples_tracker.update_state(ops.sum(1.0 - ops.cast(good, "float32")))
         return scale_loss_for_replicas(total)  # / replicas under tf.distribute
 
-    def _loss_terms(self, data, sigma_n, condition, training):
+    def _loss_terms(self, data, sigma_n, condition, training, seed=None):
         """Per-sample ambient loss (an `AmbientLossOutput`) and consistency loss (or None).
 
         With the consistency loss started at the data (its default), its
@@ -415,7 +415,7 @@ class AmbientDiffusion(keras.Model):
         (Keras's layer machinery on torch). The random draws come in the same
         order as with separate calls.
         """
-        seed = self.seed_generator
+        seed = self.seed_generator if seed is None else seed
         teacher = self.ema_denoiser if self.consistency_target == "ema" else None
         if self.consistency_weight == 0 or self.consistency_loss.start == "ambient":
             amb = self.ambient_loss(self.denoiser, data, sigma_n, condition=condition, seed=seed,

@@ -41,7 +41,11 @@ class ConsistencyLoss:
     `(D(x_s^1; s) - D(x_t; t)) . (D(x_s^2; s) - D(x_t; t))` (for `K > 2` its
     average over all pairs, `equations.consistency_u_statistic`), averaged
     over dimensions, one value per sample of the sub-batch. The `K` calls
-    `D(x_s; s)` are batched into one network evaluation.
+    `D(x_s; s)` are batched into one network evaluation (`ka.AmbientDiffusion`
+    also puts the ambient loss's `D(x_t; sigma_t)` into it, through
+    `reverse_chain` and `loss_from_denoised`); the chain's calls without
+    gradient go through `utils.backend_fast_paths.no_gradient_call` (on torch
+    a traced call, free of Keras's per-layer eager overhead).
 
     The chain must be honest: driven by the exact denoiser, `E[D(x_s; s) | x_t]`
     must equal `D(x_t; t)`, or the loss trains `D` away from the truth. One M5

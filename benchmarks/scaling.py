@@ -37,6 +37,7 @@ This is a benchmark, not a test: nothing is asserted about the figures.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -186,10 +187,17 @@ def report(records, backends, sizes, batches, base_channels=16):
                 continue
             a, b = fit
             cross = "—" if b <= 0 else ("< 1" if a <= 0 else bu.fmt(a / b, 0))
-            rows.append([_label(w), shapes[s], bu.fmt(1e3 * a, 1), bu.fmt(1e3 * b, 2), cross])
+            ends = [(bb, sps[w, s, bb]) for bb in batches if sps[w, s, bb]]
+            (b0, s0), (b1, s1) = ends[0], ends[-1]
+            slope = math.log(s0 / s1) / math.log(b1 / b0)
+            rows.append([_label(w), shapes[s], bu.fmt(1e3 * a, 1), bu.fmt(1e3 * b, 2), cross,
+                         bu.fmt(slope, 2)])
     out.append("\nstep time t(B) = a + b*B (least squares, relative errors): a = fixed cost "
-               "per step, b = cost per image, a/b = the batch where they are equal\n"
-               + bu.table(["backend", "image", "a (ms)", "b (ms/image)", "a/b (images)"], rows))
+               "per step, b = cost per image, a/b = the batch where they are equal; slope = "
+               f"log-log slope of t from B={batches[0]} to {batches[-1]} (0: fixed cost only, "
+               "1: cost proportional to the batch)\n"
+               + bu.table(["backend", "image", "a (ms)", "b (ms/image)", "a/b (images)", "slope"],
+                          rows))
     spreads = []
     for w in backends:
         for s in sizes:

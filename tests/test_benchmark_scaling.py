@@ -56,7 +56,7 @@ def test_report_and_plot(tmp_path):
     assert "steps/s, jax" in text and "images/s, plain torch" in text
     assert "| 32x32x3 | 256 |" in text  # side-by-side rows
     # a/b of jax at 8x8: 0.02 / 1e-4 = 200 images
-    assert "| jax | 8x8x1 | 20.0 | 0.10 | 200 |" in text
+    assert "| jax | 8x8x1 | 20.0 | 0.10 | 200 |" in text  # then the log-log slope
     path = sc.plot(records, ["jax", "plain"], [8, 32], [16, 64, 256], str(tmp_path / "s.png"))
     assert os.path.getsize(path) > 10_000
 

@@ -95,11 +95,20 @@ def setup_threads(threads, plain=False):
 
 
 # ----------------------------------------------------------------------- data
+# U-Net presets: image shape and channel multipliers (the deepest level is 4x4 or 8x8).
+UNET_PRESETS = {
+    "digits8": ((8, 8, 1), (1, 2)),     # digits-like
+    "img16": ((16, 16, 1), (1, 2, 2)),  # benchmarks/scaling.py's middle size
+    "img32": ((32, 32, 3), (1, 2, 2)),  # CIFAR-like
+}
+# The preset of each image size (benchmarks/scaling.py).
+SIZE_NETS = {8: "digits8", 16: "img16", 32: "img32"}
+
+
 def unet_kwargs(net, base_channels):
-    """`ka.networks.UNet` keyword arguments of the presets digits8 and img32."""
-    if net == "digits8":
-        return dict(image_shape=(8, 8, 1), base_channels=base_channels, channel_multipliers=(1, 2))
-    return dict(image_shape=(32, 32, 3), base_channels=base_channels, channel_multipliers=(1, 2, 2))
+    """`ka.networks.UNet` (and `torch_reference.UNet`) keyword arguments of a preset."""
+    shape, multipliers = UNET_PRESETS[net]
+    return dict(image_shape=shape, base_channels=base_channels, channel_multipliers=multipliers)
 
 
 def data_shape(net):

@@ -113,12 +113,14 @@ def _trainable_params(model):
 def _time_fit(model, x, batch, steps, warmup, plain_fit=False):
     """Returns (steps/s, warm-up seconds), timed from the start of batch `skip`
     to the end of training. `plain_fit` bypasses the library's `fit` (and so
-    its TerminateOnNonFinite callback)."""
+    its TerminateOnNonFinite callback). `warmup=0`: no warm-up call (the model
+    has been trained at this batch size already)."""
     import keras
 
     fit = (lambda *a, **k: keras.Model.fit(model, *a, **k)) if plain_fit else model.fit
     t0 = time.perf_counter()
-    fit(x[: warmup * batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    if warmup:
+        fit(x[: warmup * batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
     warm = time.perf_counter() - t0
     skip = 1 if steps > 2 else 0
     marks = {}

@@ -92,3 +92,57 @@ def test_generate_is_reproducible_on_the_generic_path(generic_path):
 def test_set_enabled_needs_a_bool():
     with pytest.raises(TypeError, match="Received: enabled=1"):
         fast.set_enabled(1)
+
+
+def _ema_run(model, steps=5, seed=4):
+    """Perturbs the online weights and runs one EMA step, `steps` times; returns
+    the EMA weights after each step."""
+    rng = np.random.default_rng(seed)
+    model.reset_ema()
+    history = []
+    for _ in range(steps):
+        model.denoiser.set_weights([w + 0.1 * rng.normal(size=w.shape).astype("float32")
+                                    for w in model.denoiser.get_weights()])
+        model._update_ema()
+        history.append((model.denoiser.get_weights(), model.ema_denoiser.get_weights()))
+    return history
+
+
+def test_fused_ema_update_equals_the_generic_update_and_the_formula():
+    fused = _ema_run(_model())
+    fast.set_enabled(False)
+    try:
+        generic = _ema_run(_model())
+    finally:
+        fast.set_enabled(True)
+    # The formula, in float64: decay 0 at step 0, then min(0.999, (1 + n) / (10 + n)).
+    expected = [np.asarray(w, "float64") for w in fused[0][0]]  # step 0 copies the weights
+    for n, ((online, ema_fused), (online_g, ema_generic)) in enumerate(zip(fused, generic)):
+        decay = 0.0 if n == 0 else min(0.999, (1.0 + n) / (10.0 + n))
+        expected = [decay * e + (1.0 - decay) * np.asarray(w, "float64")
+                    for e, w in zip(expected, online)]
+        for a, b, e, w, wg in zip(ema_fused, ema_generic, expected, online, online_g):
+            np.testing.assert_array_equal(w, wg)  # same online weights on both paths
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    # The step 4 EMA is a real average (not a copy of the online weights).
+    assert max(np.abs(a - w).max() for a, w in zip(fused[-1][1], fused[-1][0])) > 1e-3
+
+
+def test_ema_update_reports_whether_it_ran():
+    model = _model()
+    targets = model.ema_denoiser.trainable_weights + model.ema_denoiser.non_trainable_weights
+    sources = model.denoiser.trainable_weights + model.denoiser.non_trainable_weights
+    before = [keras.ops.convert_to_numpy(v) for v in targets]
+    decay = keras.ops.convert_to_tensor(0.5, "float32")
+    ran = fast.ema_update(model.ema_denoiser.weights, model.denoiser.weights, decay)
+    assert ran == (keras.backend.backend() == "torch")
+    after = [keras.ops.convert_to_numpy(v) for v in targets]
+    for b, a, s in zip(before, after, sources):
+        want = 0.5 * b + 0.5 * keras.ops.convert_to_numpy(s) if ran else b
+        np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-7)
+    fast.set_enabled(False)
+    try:
+        assert fast.ema_update(model.ema_denoiser.weights, model.denoiser.weights, decay) is False
+    finally:
+        fast.set_enabled(True)

@@ -417,14 +417,19 @@ class AmbientDiffusion(keras.Model):
         step = ops.cast(self.ema_step, "float32")
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         decay = ops.where(step == 0, 0.0, decay)
+        averaged, copied = [], []
         for src, dst in zip(self.denoiser.weights, self.ema_denoiser.weights):
             if self.lora_rank is not None and not src.trainable:
                 continue  # frozen pretrained weights: copied once by reset_ema
-            value = ops.stop_gradient(ops.cast(src, dst.dtype))
-            if src.trainable:
+            (averaged if src.trainable else copied).append((src, dst))
+        # One fused update where the backend has it (utils/backend_fast_paths.py).
+        if not backend_fast_paths.ema_update([d for _, d in averaged], [s for s, _ in averaged],
+                                             decay):
+            for src, dst in averaged:
+                value = ops.stop_gradient(ops.cast(src, dst.dtype))
                 dst.assign(decay * dst + (1.0 - decay) * value)
-            else:
-                dst.assign(value)
+        for src, dst in copied:
+            dst.assign(ops.stop_gradient(ops.cast(src, dst.dtype)))
         self.ema_step.assign_add(1)
 
     # ---------------------------------------------------------- input checks

@@ -19,6 +19,17 @@ allows it, for the many calls of one network that sampling makes:
 Compiled functions are cached on the network and per input signature,
 so later sampling calls reuse them. Every path computes the same function;
 tests/test_backend_fast_paths.py compares them with the generic path.
+
+`ema_update(targets, sources, decay)` updates a weight EMA in place
+(`t <- decay * t + (1 - decay) * s` for every pair) in a few fused calls
+where the backend allows it:
+
+- torch: `torch._foreach_mul_` / `_foreach_mul` / `_foreach_add_` on the
+  variables' tensors (the generic path dispatches three Keras ops and an
+  `assign` per weight); `decay` stays a tensor (no host sync);
+- otherwise (JAX, whose train step is jitted anyway; TensorFlow, a graph;
+  mixed dtypes or devices; a `StatelessScope`; `set_enabled(False)`): it
+  returns False and the caller runs the generic `keras.ops` update.
 """
 
 import contextlib
@@ -169,3 +180,48 @@ def _trace_checked(torch, fn, args, expected):
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
         return None
     return traced
+
+
+# ----------------------------------------------------------------- weight EMA
+def ema_update(targets, sources, decay):
+    """In place, for every pair: `target <- decay * target + (1 - decay) * source`.
+
+    Args:
+        targets: Keras variables (the EMA weights).
+        sources: Keras variables of the same shapes and dtypes (the weights).
+        decay: a scalar tensor (float32).
+
+    Returns:
+        True if the update was done here; False if the caller must run the
+        generic `keras.ops` update (nothing was changed then).
+    """
+    if not _ENABLED or not targets or keras.backend.backend() != "torch":
+        return False
+    return _torch_ema_update(targets, sources, decay)
+
+
+def _torch_ema_update(targets, sources, decay):
+    import torch
+
+    if len(targets) != len(sources):
+        return False
+    dst = [v.value for v in targets]
+    src = [v.value for v in sources]
+    # Only the variables' own tensors (not a StatelessScope's or an autocast
+    # copy), of one dtype and device, and the same shapes.
+    first = dst[0]
+    for d, s, vd, vs in zip(dst, src, targets, sources):
+        if not (isinstance(d, torch.nn.Parameter) and isinstance(s, torch.nn.Parameter)):
+            return False
+        if d.dtype != first.dtype or s.dtype != first.dtype or d.device != first.device \
+                or s.device != first.device or d.shape != s.shape:
+            return False
+    decay = torch.as_tensor(decay)
+    if decay.dtype != first.dtype or decay.ndim != 0:
+        return False
+    decay = decay.to(first.device)
+    with torch.no_grad():
+        scaled = torch._foreach_mul(src, 1.0 - decay)  # (1 - decay) * source
+        torch._foreach_mul_(dst, decay)                # decay * target
+        torch._foreach_add_(dst, scaled)
+    return True

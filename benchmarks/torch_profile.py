@@ -1,0 +1,396 @@
+"""Where a Keras-on-torch training step of keras_ambient goes (CPU profile).
+
+Trains the `speed.py --quick` configurations (`--nets digits8,mlp2d`:
+digits8 U-Net base 16 at batch 32, 2-D MLP width 128 at batch 256,
+`consistency_weight=0`, Adam, EMA) through the library's `fit` on the torch
+backend and splits the time of one step three ways:
+
+1. wall time per phase, without a profiler: each phase (the fit loop and its
+   callbacks, Keras's `train_step`, the library's `compute_loss`, the ambient
+   loss, the network's forward call, `Tensor.backward`, the optimizer's
+   `apply`, the EMA update, the metric trackers) is wrapped by a timer that
+   keeps inclusive and exclusive (minus its timed children) time;
+2. aten operators per phase (`torch.profiler`): how many operators each phase
+   dispatches and their CPU time (the profiler inflates it: read it as a
+   share, not an absolute);
+3. optionally (`--cprofile`) the Python functions with the most own time.
+
+Then it runs the plain-PyTorch reference (benchmarks/torch_reference.py: the
+same network, loss, `torch.optim.Adam` and EMA) with the same timers, so each
+Keras phase has its plain counterpart, and prints Markdown tables. The wall
+per-step of the timed fit (no timers) and of the reference give the ratio of
+`speed.py`.
+
+`--generic` turns the library's backend fast paths off
+(`keras_ambient.utils.backend_fast_paths.set_enabled(False)`), which gives the
+"before" of the fused EMA update in the same script.
+
+Usage:
+    KERAS_BACKEND=torch python benchmarks/torch_profile.py --nets mlp2d,digits8
+    KERAS_BACKEND=torch python benchmarks/torch_profile.py --nets digits8 --cprofile 25
+    KERAS_BACKEND=torch python benchmarks/torch_profile.py --generic
+
+This is a benchmark, not a test: nothing is asserted about the figures.
+"""
+
+import argparse
+import collections
+import contextlib
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.dirname(_HERE)]  # bench_utils, speed; this checkout's keras_ambient
+
+import bench_utils as bu  # noqa: E402
+
+# Phase names, in display order; "network forward" etc. are exclusive times
+# (their timed children subtracted).
+PHASES = (
+    "fit loop + callbacks",      # Keras's fit loop, TerminateOnNonFinite, the data iterator
+    "Keras train_step (rest)",   # model(x, training=True), zero_grad, loss tracker, ...
+    "compute_loss (library)",    # bad-sample checks, masking, casts, weighting, reduction
+    "ambient loss math",         # sigma_t, noise, x_t, y_hat, weights (AmbientLoss minus D)
+    "network forward",           # EDMDenoiser call: preconditioning + network (Layer.__call__)
+    "backward",                  # Tensor.backward
+    "optimizer (Adam apply)",    # optimizer.apply
+    "EMA update",                # _update_ema (incl. ema_step)
+    "metric trackers",           # update_state of the library's trackers + compute_metrics
+)
+PLAIN_PHASES = ("plain: loss + forward", "plain: backward", "plain: Adam step", "plain: EMA",
+                "plain: rest (zero_grad, loop, .item())")
+
+
+class Timers:
+    """Inclusive / exclusive wall time of nested, wrapped calls."""
+
+    def __init__(self):
+        self.incl = collections.defaultdict(float)
+        self.excl = collections.defaultdict(float)
+        self.calls = collections.defaultdict(int)
+        self._stack = []
+        self.label = None  # a context factory (torch.profiler.record_function) or None
+
+    def wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            self._stack.append([name, 0.0])
+            ctx = self.label(name) if self.label is not None else contextlib.nullcontext()
+            t0 = time.perf_counter()
+            try:
+                with ctx:
+                    return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t0
+                _, child = self._stack.pop()
+                self.incl[name] += dt
+                self.excl[name] += dt - child
+                self.calls[name] += 1
+                if self._stack:
+                    self._stack[-1][1] += dt
+
+        timed.__wrapped__ = fn
+        return timed
+
+    def reset(self):
+        self.incl.clear()
+        self.excl.clear()
+        self.calls.clear()
+
+
+class _TimedCallable:
+    def __init__(self, timers, name, fn):
+        self._fn = timers.wrap(name, fn)
+        self._orig = fn
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._orig, name)
+
+
+@contextlib.contextmanager
+def instrument(model, timers):
+    """Wraps the phases of `model`'s training step (instance attributes; the
+    torch `Tensor.backward` globally) for the duration of the block."""
+    import torch
+
+    saved = []
+
+    def patch(obj, attr, new):
+        saved.append((obj, attr, obj.__dict__.get(attr, _MISSING)))
+        object.__setattr__(obj, attr, new)
+
+    patch(model, "train_function", timers.wrap("train_function", model.train_function))
+    patch(model, "train_step", timers.wrap("Keras train_step (rest)", model.train_step))
+    patch(model, "compute_loss", timers.wrap("compute_loss (library)", model.compute_loss))
+    patch(model, "_update_ema", timers.wrap("EMA update", model._update_ema))
+    patch(model, "compute_metrics", timers.wrap("metric trackers", model.compute_metrics))
+    opt = model.optimizer
+    patch(opt, "apply", timers.wrap("optimizer (Adam apply)", opt.apply))
+    for tracker in (model.ambient_loss_tracker, model.consistency_loss_tracker,
+                    model.bad_samples_tracker, model._loss_tracker):
+        patch(tracker, "update_state", timers.wrap("metric trackers", tracker.update_state))
+    amb = model.ambient_loss
+    timed_amb = timers.wrap("ambient loss math", amb.__call__)
+
+    def ambient(denoiser, *args, **kwargs):
+        return timed_amb(_TimedCallable(timers, "network forward", denoiser), *args, **kwargs)
+
+    patch(model, "ambient_loss", ambient)
+    backward = torch.Tensor.backward
+    torch.Tensor.backward = timers.wrap("backward", backward)
+    try:
+        yield
+    finally:
+        torch.Tensor.backward = backward
+        for obj, attr, old in reversed(saved):
+            if old is _MISSING:
+                object.__delattr__(obj, attr)
+            else:
+                object.__setattr__(obj, attr, old)
+
+
+_MISSING = object()
+
+
+def _step_timer(timers):
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Resets `timers` at the start of batch 1 and times from there to the end."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                timers.reset()
+                self.start = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.elapsed = time.perf_counter() - self.start
+
+    return StepTimer()
+
+
+def _fit(model, x, batch, callbacks=()):
+    model.fit(x, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=list(callbacks))
+
+
+def _profile_ops(run, timers):
+    """aten operators per phase of `run()`: {phase: [count, cpu seconds]}."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    timers.label = record_function
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+    finally:
+        timers.label = None
+    names = set(PHASES) | set(PLAIN_PHASES) | {"train_function"}
+    per = collections.defaultdict(lambda: [0, 0.0])
+    for ev in prof.events():
+        if not ev.name.startswith("aten::"):
+            continue
+        parent, top = ev.cpu_parent, True
+        while parent is not None and top:
+            top = not parent.name.startswith("aten::")
+            parent = parent.cpu_parent if top else parent
+        if not top:
+            continue  # counted in its parent operator
+        phase, parent = "untimed", ev.cpu_parent
+        while parent is not None:
+            if parent.name in names:
+                phase = parent.name
+                break
+            parent = parent.cpu_parent
+        per[phase][0] += 1
+        per[phase][1] += ev.cpu_time_total / 1e6
+    return per
+
+
+# ----------------------------------------------------------------- Keras
+def keras_profile(net, args, cfg):
+    import keras
+
+    import speed
+    from keras_ambient.utils import backend_fast_paths
+
+    backend_fast_paths.set_enabled(not args.generic)
+    c = cfg[net]
+    batch, steps = c["batch"], args.steps or c["steps"]
+    x = bu.make_data(net, batch * steps, speed.SIGMA_N)
+    model = speed._keras_model(net, cfg)
+    sps, _ = speed._time_fit(model, x, batch, steps, cfg["warmup"])
+
+    timers = Timers()
+    keras_cb = _step_timer(timers)
+    with instrument(model, timers):
+        _fit(model, x, batch, [keras_cb])
+    wall = dict(timers.excl)
+    n = timers.calls["train_function"]
+    # The fit loop: the time from the start of batch 1 to the end of training
+    # outside the train function (as speed.py times it).
+    wall["fit loop + callbacks"] = keras_cb.elapsed - timers.incl["train_function"]
+    wall["Keras train_step (rest)"] = wall.get("Keras train_step (rest)", 0.0) + wall.pop(
+        "train_function", 0.0)
+
+    ops = _profile_ops(lambda: _with(model, timers, lambda: _fit(model, x[: 4 * batch], batch)),
+                       timers)
+    ops_steps = 4
+    ops["Keras train_step (rest)"] = [a + b for a, b in zip(
+        ops.get("Keras train_step (rest)", [0, 0.0]), ops.pop("train_function", [0, 0.0]))]
+    ops["fit loop + callbacks"] = [a + b for a, b in zip(
+        ops.get("fit loop + callbacks", [0, 0.0]), ops.pop("untimed", [0, 0.0]))]
+
+    if args.cprofile:
+        _cprofile(lambda: _fit(model, x, batch), args.cprofile, n)
+    keras.backend.clear_session()
+    return dict(sps=sps, n=n, wall={k: v / n for k, v in wall.items()},
+                ops={k: (v[0] / ops_steps, v[1] / ops_steps) for k, v in ops.items()},
+                params=speed._trainable_params(model))
+
+
+def _with(model, timers, fn):
+    with instrument(model, timers):
+        return fn()
+
+
+def _cprofile(run, top, n):
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run()
+    prof.disable()
+    print(f"\ncProfile, {n} steps, top {top} by own time (cProfile slows Python ~2x):")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+# ----------------------------------------------------------------- plain
+def plain_profile(net, args, cfg):
+    import torch
+    import torch_reference as ref
+
+    import speed
+
+    c = cfg[net]
+    batch, steps = c["batch"], args.steps or c["steps"]
+    x = bu.make_data(net, batch * steps, speed.SIGMA_N)
+    tnet = ref.build_net(net, base_channels=c.get("base_channels"), hidden_units=c.get("hidden_units"))
+    trainer = ref.Trainer(tnet, lr=speed.LR)
+    sps, _ = speed._torch_time_train(trainer, x, batch, steps, cfg["warmup"], "cpu")
+
+    timers = Timers()
+    xt = torch.from_numpy(x)
+    if xt.dim() == 4:
+        xt = xt.permute(0, 3, 1, 2).contiguous()
+    sig = torch.full((batch,), speed.SIGMA_N)
+    trainer.loss_fn = timers.wrap("plain: loss + forward", trainer.loss_fn)
+    trainer.opt.step = timers.wrap("plain: Adam step", trainer.opt.step)
+    step = trainer.step
+
+    def run(n_steps):
+        for i in range(n_steps):
+            timers.wrap("plain step", step)(xt[i * batch:(i + 1) * batch], sig).item()
+
+    backward = torch.Tensor.backward
+    torch.Tensor.backward = timers.wrap("plain: backward", backward)
+    lerp = torch._foreach_lerp_
+    torch._foreach_lerp_ = timers.wrap("plain: EMA", lerp)
+    try:
+        t0 = time.perf_counter()
+        run(steps)
+        total = time.perf_counter() - t0
+        wall = {k: timers.excl[k] / steps for k in PLAIN_PHASES[:4]}
+        wall[PLAIN_PHASES[4]] = total / steps - sum(wall.values())
+        ops = _profile_ops(lambda: run(4), timers)
+    finally:
+        torch.Tensor.backward = backward
+        torch._foreach_lerp_ = lerp
+    ops[PLAIN_PHASES[4]] = [a + b for a, b in zip(ops.pop("plain step", [0, 0.0]),
+                                                   ops.pop("untimed", [0, 0.0]))]
+    return dict(sps=sps, wall=wall, ops={k: (v[0] / 4, v[1] / 4) for k, v in ops.items()},
+                params=ref.num_params(tnet))
+
+
+# ---------------------------------------------------------------- report
+def report(net, cfg, k, p, generic):
+    kw = k["wall"]
+    tot_k = sum(kw.get(ph, 0.0) for ph in PHASES)
+    tot_p = sum(p["wall"].values())
+    rows = []
+    for ph in PHASES:
+        w = kw.get(ph, 0.0)
+        cnt, cpu = k["ops"].get(ph, (0, 0.0))
+        rows.append([ph, f"{w * 1e3:.2f}", f"{100 * w / tot_k:.0f}%", f"{cnt:.0f}",
+                     f"{cpu * 1e3:.2f}"])
+    rows.append(["**total (timed fit)**", f"**{tot_k * 1e3:.2f}**", "100%",
+                 f"{sum(v[0] for v in k['ops'].values()):.0f}",
+                 f"{sum(v[1] for v in k['ops'].values()) * 1e3:.2f}"])
+    for ph in PLAIN_PHASES:
+        w = p["wall"].get(ph, 0.0)
+        cnt, cpu = p["ops"].get(ph, (0, 0.0))
+        rows.append([ph, f"{w * 1e3:.2f}", f"{100 * w / tot_p:.0f}%", f"{cnt:.0f}",
+                     f"{cpu * 1e3:.2f}"])
+    rows.append(["**plain total**", f"**{tot_p * 1e3:.2f}**", "100%",
+                 f"{sum(v[0] for v in p['ops'].values()):.0f}",
+                 f"{sum(v[1] for v in p['ops'].values()) * 1e3:.2f}"])
+    c = cfg[net]
+    size = f"base {c['base_channels']}" if "base_channels" in c else f"width {c['hidden_units']}"
+    head = (f"\n### {net} ({size}, batch {c['batch']}), torch backend"
+            f"{' (generic paths)' if generic else ''}: {k['sps']:.1f} steps/s vs plain "
+            f"{p['sps']:.1f} (ratio {k['sps'] / p['sps']:.2f}); params {k['params']} / "
+            f"{p['params']}\n")
+    table = bu.table(["phase", "wall ms/step", "share", "aten ops/step",
+                      "aten CPU ms/step (profiled)"], rows)
+    # The brief's categories.
+    fwd_ops = k["ops"].get("network forward", (0, 0.0))[1]
+    bwd = kw.get("backward", 0.0)
+    summary = [
+        ["network kernels (forward aten CPU, profiled) + backward (wall)",
+         f"{(fwd_ops + bwd) * 1e3:.2f}"],
+        ["Keras layer machinery (network forward wall - its aten CPU)",
+         f"{max(kw.get('network forward', 0.0) - fwd_ops, 0.0) * 1e3:.2f}"],
+        ["Keras train_step + fit loop", f"{(kw.get('Keras train_step (rest)', 0.0) + kw.get('fit loop + callbacks', 0.0)) * 1e3:.2f}"],
+        ["optimizer (Keras Adam apply)", f"{kw.get('optimizer (Adam apply)', 0.0) * 1e3:.2f}"],
+        ["keras_ambient: EMA", f"{kw.get('EMA update', 0.0) * 1e3:.2f}"],
+        ["keras_ambient: checks, masking, casts, loss math",
+         f"{(kw.get('compute_loss (library)', 0.0) + kw.get('ambient loss math', 0.0)) * 1e3:.2f}"],
+        ["keras_ambient + Keras: metric trackers", f"{kw.get('metric trackers', 0.0) * 1e3:.2f}"],
+    ]
+    return head + table + "\n\nBy category (ms/step):\n" + bu.table(["category", "ms/step"], summary)
+
+
+def main(argv=None):
+    import speed
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nets", default="mlp2d,digits8")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed fit (default: the quick preset's, at least 30)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--generic", action="store_true",
+                        help="backend_fast_paths.set_enabled(False): the generic keras.ops paths")
+    parser.add_argument("--cprofile", type=int, default=0, metavar="N",
+                        help="also print the N Python functions with the most own time")
+    args = parser.parse_args(argv)
+    bu.setup_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in speed.PRESETS["quick"].items()}
+    for net in ("digits8", "mlp2d"):
+        cfg[net]["steps"] = max(cfg[net]["steps"], 30)
+    out = []
+    for net in args.nets.split(","):
+        k = keras_profile(net, args, cfg)
+        p = plain_profile(net, args, cfg)
+        out.append(report(net, cfg, k, p, args.generic))
+        print(out[-1], flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -120,8 +120,9 @@ def instrument(model, timers):
     saved = []
 
     def patch(obj, attr, new):
-        saved.append((obj, attr, obj.__dict__.get(attr, _MISSING)))
-        object.__setattr__(obj, attr, new)
+        saved.append((obj, attr, vars(obj).get(attr, _MISSING)))
+        setter = type.__setattr__ if isinstance(obj, type) else object.__setattr__
+        setter(obj, attr, new)
 
     patch(model, "train_function", timers.wrap("train_function", model.train_function))
     patch(model, "train_step", timers.wrap("Keras train_step (rest)", model.train_step))
@@ -133,13 +134,15 @@ def instrument(model, timers):
     for tracker in (model.ambient_loss_tracker, model.consistency_loss_tracker,
                     model.bad_samples_tracker, model._loss_tracker):
         patch(tracker, "update_state", timers.wrap("metric trackers", tracker.update_state))
-    amb = model.ambient_loss
-    timed_amb = timers.wrap("ambient loss math", amb.__call__)
+    # The ambient loss (its class's __call__) and the denoiser it calls (through
+    # utils/backend_fast_paths.training_call, as compute_loss does).
+    from keras_ambient.losses.ambient_loss import AmbientLoss
+    from keras_ambient.utils import backend_fast_paths
 
-    def ambient(denoiser, *args, **kwargs):
-        return timed_amb(_TimedCallable(timers, "network forward", denoiser), *args, **kwargs)
-
-    patch(model, "ambient_loss", ambient)
+    patch(AmbientLoss, "__call__", timers.wrap("ambient loss math", AmbientLoss.__call__))
+    training_call = backend_fast_paths.training_call
+    patch(backend_fast_paths, "training_call",
+          lambda den: _TimedCallable(timers, "network forward", training_call(den)))
     backward = torch.Tensor.backward
     torch.Tensor.backward = timers.wrap("backward", backward)
     try:
@@ -147,7 +150,9 @@ def instrument(model, timers):
     finally:
         torch.Tensor.backward = backward
         for obj, attr, old in reversed(saved):
-            if old is _MISSING:
+            if isinstance(obj, type):
+                type.__setattr__(obj, attr, old)  # (class attributes are all defined)
+            elif old is _MISSING:
                 object.__delattr__(obj, attr)
             else:
                 object.__setattr__(obj, attr, old)

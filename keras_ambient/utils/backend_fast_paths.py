@@ -20,6 +20,22 @@ Compiled functions are cached on the network and per input signature,
 so later sampling calls reuse them. Every path computes the same function;
 tests/test_backend_fast_paths.py compares them with the generic path.
 
+`training_call(denoiser)` returns a callable with the denoiser's call
+signature for the training loss, `call([x, sigma(, condition)], training)`:
+
+- torch: with `training=True` and gradients on, a `torch.jit.trace` of
+  `denoiser.stateless_call` with the variables' tensors as inputs (so the
+  gradients reach them), traced once per input signature and set of
+  variables. It runs the network's operators without Keras's per-layer
+  Python work. Before a trace is used it is checked on its first inputs
+  against the eager call: the same output and the same gradients for every
+  trainable weight (a random cotangent). A denoiser that updates state in
+  training (dropout's seed, batch statistics), adds layer losses, uses
+  rematerialization, is called inside `torch.compile` (Keras
+  `jit_compile=True`), or whose trace fails or disagrees, is called eagerly;
+- every other case (other backends, whose train steps are compiled anyway;
+  `training` not True; `set_enabled(False)`): the denoiser itself.
+
 `ema_update(targets, sources, decay)` updates a weight EMA in place
 (`t <- decay * t + (1 - decay) * s` for every pair) in a few fused calls
 where the backend allows it:
@@ -40,6 +56,7 @@ from keras import ops
 
 _ENABLED = True
 _ATTR = "_keras_ambient_inference_call"
+_TRAIN_ATTR = "_keras_ambient_training_call"
 
 
 def set_enabled(enabled):
@@ -225,3 +242,128 @@ def _torch_ema_update(targets, sources, decay):
         torch._foreach_mul_(dst, decay)                # decay * target
         torch._foreach_add_(dst, scaled)
     return True
+
+
+# ---------------------------------------------------------- training forward
+def training_call(denoiser):
+    """A callable `call(inputs, training=None)` computing `denoiser(inputs,
+    training=training)` (with gradients), compiled where the backend allows it.
+
+    Attributes not defined by the callable are the denoiser's."""
+    if not _ENABLED or keras.backend.backend() != "torch":
+        return denoiser
+    entry = getattr(denoiser, _TRAIN_ATTR, None)
+    if entry is None:
+        entry = _TorchTrainingCall(denoiser)
+        try:
+            object.__setattr__(denoiser, _TRAIN_ATTR, entry)
+        except (AttributeError, TypeError):
+            pass
+    return entry
+
+
+class _TorchTrainingCall:
+    """`denoiser(inputs, training=True)` through checked `torch.jit.trace`s."""
+
+    MAX_TRACES = 8  # input signatures kept (e.g. full and last partial batch)
+
+    def __init__(self, denoiser):
+        self._denoiser = denoiser
+        self._traces = {}  # key -> traced function, or None (eager)
+
+    def __getattr__(self, name):
+        return getattr(self._denoiser, name)
+
+    def __call__(self, inputs, training=None):
+        import torch
+
+        den = self._denoiser
+        if (training is not True or not _ENABLED or not torch.is_grad_enabled()
+                or not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3)
+                or _compiling(torch)):
+            return den(inputs, training=training)
+        condition = inputs[2] if len(inputs) == 3 else None
+        flat_cond = keras.tree.flatten(condition) if condition is not None else []
+        tensors = [ops.convert_to_tensor(t) for t in list(inputs[:2]) + flat_cond]
+        if not all(isinstance(t, torch.Tensor) for t in tensors):
+            return den(inputs, training=training)
+        trainable = den.trainable_variables
+        non_trainable = den.non_trainable_variables
+        key = (tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors),
+               tuple(map(id, trainable)), tuple(map(id, non_trainable)))
+        if key not in self._traces:
+            if len(self._traces) >= self.MAX_TRACES:
+                self._traces.clear()
+            self._traces[key] = self._trace(tensors, condition, len(flat_cond),
+                                            trainable, non_trainable)
+        traced = self._traces[key]
+        if traced is None:
+            return den(inputs, training=training)
+        values = [v.value for v in trainable] + [v.value for v in non_trainable]
+        return traced(*tensors, *values)
+
+    def _pure(self, condition, n_cond, n_t):
+        den = self._denoiser
+
+        def pure(x, sigma, *rest):
+            cond = keras.tree.pack_sequence_as(condition, list(rest[:n_cond])) if n_cond else None
+            t = list(rest[n_cond:n_cond + n_t])
+            nt = list(rest[n_cond + n_t:])
+            out, _ = den.stateless_call(t, nt, _inputs(x, sigma, cond), training=True)
+            return out
+
+        return pure
+
+    def _trace(self, tensors, condition, n_cond, trainable, non_trainable):
+        """A checked trace for these inputs and variables, or None (eager)."""
+        import torch
+
+        den = self._denoiser
+        try:
+            if any(getattr(layer, "_remat_mode", None) is not None
+                   for layer in [den] + list(den._flatten_layers())):
+                return None
+            t_values = [v.value for v in trainable]
+            nt_values = [v.value for v in non_trainable]
+            if not all(isinstance(v, torch.nn.Parameter) for v in t_values + nt_values):
+                return None  # a StatelessScope or autocast copy: not the variables
+            cond = (keras.tree.pack_sequence_as(condition, tensors[2:]) if n_cond else None)
+            # State updates or layer losses in training: not traceable as a pure call.
+            expected, new_nt, losses = den.stateless_call(
+                t_values, nt_values, _inputs(tensors[0], tensors[1], cond), training=True,
+                return_losses=True)
+            if losses or any(a is not b for a, b in zip(new_nt, nt_values)):
+                return None
+            pure = self._pure(condition, n_cond, len(t_values))
+            args = tuple(tensors + t_values + nt_values)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings on shape reads; deprecation
+                traced = torch.jit.trace(pure, args, check_trace=False)
+                got = traced(*args)
+            eager = den(_inputs(tensors[0], tensors[1], cond), training=True)
+            if not _same(torch, got, eager) or not _same(torch, expected, eager):
+                return None
+            weights = [v for v in t_values if v.requires_grad]
+            if weights:
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                cot = torch.randn(eager.shape, generator=gen, dtype=torch.float32)
+                cot = cot.to(device=eager.device, dtype=eager.dtype)
+                g_eager = torch.autograd.grad((eager * cot).sum(), weights, allow_unused=True)
+                g_traced = torch.autograd.grad((got * cot).sum(), weights, allow_unused=True)
+                for a, b in zip(g_eager, g_traced):
+                    if (a is None) != (b is None) or (a is not None and not _same(torch, b, a)):
+                        return None
+            return traced
+        except Exception:  # noqa: BLE001 - any failure: the eager call is used
+            return None
+
+
+def _compiling(torch):
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _same(torch, got, expected):
+    return (isinstance(got, torch.Tensor) and got.shape == expected.shape
+            and got.dtype == expected.dtype
+            and torch.allclose(got, expected, rtol=1e-5, atol=1e-6))

@@ -27,7 +27,10 @@ signature for the training loss, `call([x, sigma(, condition)], training)`:
   `denoiser.stateless_call` with the variables' tensors as inputs (so the
   gradients reach them), traced once per input signature and set of
   variables. It runs the network's operators without Keras's per-layer
-  Python work. Before a trace is used it is checked on its first inputs
+  Python work, unoptimized (`torch.jit.optimized_execution(False)`: the
+  recorded operators with torch's autograd, as the eager call; the graph
+  optimizations' symbolic gradients differ in rounding and were not faster
+  here). Before a trace is used it is checked on its first inputs
   against the eager call: the same output and the same gradients for every
   trainable weight (a random cotangent). A denoiser that updates state in
   training (dropout's seed, batch statistics), adds layer losses, uses
@@ -300,7 +303,8 @@ class _TorchTrainingCall:
         if traced is None:
             return den(inputs, training=training)
         values = [v.value for v in trainable] + [v.value for v in non_trainable]
-        return traced(*tensors, *values)
+        with torch.jit.optimized_execution(False):
+            return traced(*tensors, *values)
 
     def _pure(self, condition, n_cond, n_t):
         den = self._denoiser
@@ -339,6 +343,7 @@ class _TorchTrainingCall:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings on shape reads; deprecation
                 traced = torch.jit.trace(pure, args, check_trace=False)
+            with torch.jit.optimized_execution(False):
                 got = traced(*args)
             eager = den(_inputs(tensors[0], tensors[1], cond), training=True)
             if not _same(torch, got, eager) or not _same(torch, expected, eager):

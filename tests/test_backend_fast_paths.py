@@ -150,7 +150,7 @@ def test_ema_update_reports_whether_it_ran():
 
 # ------------------------------------------------------- training forward call
 torch_only = pytest.mark.skipif(keras.backend.backend() != "torch",
-                                reason="the traced training call is torch's")
+                                reason="the traced training function is torch's")
 
 
 def _fit_steps(generic, steps=3):
@@ -170,6 +170,11 @@ def _fit_steps(generic, steps=3):
         fast.set_enabled(True)
 
 
+def _traces(denoiser):
+    return [t for entry in getattr(denoiser, fast._TRAIN_ATTR, {}).values()
+            for t in entry._traces.values()]
+
+
 def test_training_through_the_fast_paths_matches_the_generic_training():
     fast_model, fast_losses, initial = _fit_steps(generic=False)
     generic_model, generic_losses, _ = _fit_steps(generic=True)
@@ -184,9 +189,14 @@ def test_training_through_the_fast_paths_matches_the_generic_training():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     moved = [np.abs(a - b).max() for a, b in zip(fast_model.denoiser.get_weights(), initial)]
     assert max(moved) > 3e-2
-    if keras.backend.backend() == "torch":  # the traced call was used, not the fallback
-        traces = fast.training_call(fast_model.denoiser)._traces
-        assert traces and all(t is not None for t in traces.values())
+    if keras.backend.backend() == "torch":  # the traced loss was used, not the fallback
+        traces = _traces(fast_model.denoiser)
+        assert traces and all(t is not None for t in traces)
+    assert not _traces(generic_model.denoiser)
+
+
+def _call_denoiser(denoiser, x, sigma, condition=None):
+    return (denoiser(fast._inputs(x, sigma, condition), training=True),)
 
 
 def _torch_grads(out, weights, seed=0):
@@ -198,28 +208,25 @@ def _torch_grads(out, weights, seed=0):
 
 @torch_only
 @pytest.mark.parametrize("num_classes", [None, 3])
-def test_traced_training_call_matches_the_eager_call_and_its_gradients(num_classes):
+def test_traced_training_function_matches_the_eager_call_and_its_gradients(num_classes):
     model = _model(num_classes=num_classes)
     den = model.denoiser
-    call = fast.training_call(den)
-    assert fast.training_call(den) is call  # cached per denoiser
+    call = fast.training_function(den, _call_denoiser)
     weights = [v.value for v in den.trainable_variables]
     rng = np.random.default_rng(6)
     for sigma in (0.05, 1.0, 30.0):  # traced on the first inputs, reused for the others
         x = keras.ops.convert_to_tensor(rng.normal(size=(4, 8, 8, 1)).astype("float32"))
         s = keras.ops.convert_to_tensor(np.full((4,), sigma, "float32"))
-        inputs = [x, s] + ([keras.ops.convert_to_tensor(np.array([0, 2, 1, 0], "int32"))]
-                           if num_classes else [])
-        got, want = call(inputs, training=True), den(inputs, training=True)
+        labels = (keras.ops.convert_to_tensor(np.array([0, 2, 1, 0], "int32"))
+                  if num_classes else None)
+        (got,) = call(x, s, condition=labels)
+        (want,) = _call_denoiser(den, x, s, labels)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got.detach()),
                                    keras.ops.convert_to_numpy(want.detach()), rtol=1e-5, atol=1e-6)
         for a, b in zip(_torch_grads(got, weights), _torch_grads(want, weights)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
-    assert list(call._traces.values())[0] is not None
-    # Not training: the eager call (no trace added).
-    n = len(call._traces)
-    call([x, s] + inputs[2:], training=False)
-    assert len(call._traces) == n
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    traces = _traces(den)
+    assert len(traces) == 1 and traces[0] is not None  # one trace, reused
 
 
 @torch_only
@@ -231,14 +238,20 @@ def test_a_denoiser_with_dropout_is_called_eagerly_and_stays_random():
     rng = np.random.default_rng(0)  # non-zero output convolutions: the dropout shows
     model.denoiser.set_weights([w + 0.05 * rng.normal(size=w.shape).astype("float32")
                                 for w in model.denoiser.get_weights()])
-    call = fast.training_call(model.denoiser)
-    x = keras.ops.convert_to_tensor(np.random.default_rng(7).normal(size=(4, 8, 8, 1)).astype("float32"))
+    call = fast.training_function(model.denoiser, _call_denoiser)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(4, 8, 8, 1)).astype("float32"))
     s = keras.ops.convert_to_tensor(np.full((4,), 0.5, "float32"))
-    a, b = (keras.ops.convert_to_numpy(call([x, s], training=True).detach()) for _ in range(2))
-    assert list(call._traces.values()) == [None]  # the seed state changes: not traced
+    a, b = (keras.ops.convert_to_numpy(call(x, s)[0].detach()) for _ in range(2))
+    assert _traces(model.denoiser) == [None]  # the seed state changes: not traced
     assert np.abs(a - b).max() > 1e-4  # dropout draws new masks on every call
 
 
-def test_training_call_is_the_denoiser_itself_off_torch_or_when_disabled(generic_path):
+def test_training_function_is_the_eager_function_off_torch_or_when_disabled(generic_path):
     model = _model()
-    assert fast.training_call(model.denoiser) is model.denoiser
+    x = keras.ops.convert_to_tensor(np.ones((2, 8, 8, 1), "float32"))
+    s = keras.ops.convert_to_tensor(np.full((2,), 0.5, "float32"))
+    (got,) = fast.training_function(model.denoiser, _call_denoiser)(x, s)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got),
+                               keras.ops.convert_to_numpy(_call_denoiser(model.denoiser, x, s)[0]),
+                               rtol=1e-6, atol=1e-6)
+    assert not _traces(model.denoiser)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ambient import equations
+from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.validation import check_choice, check_scalar
 
 AmbientLossOutput = collections.namedtuple(
@@ -132,6 +133,18 @@ class AmbientLoss:
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
         sigma_t = self.sample_sigma(sigma_n, seed, denoiser=denoiser)
         noise = keras.random.normal(ops.shape(y), seed=seed)
+        if training is True and isinstance(denoiser, keras.layers.Layer):
+            # The deterministic rest, compiled where the backend allows it
+            # (utils/backend_fast_paths.py; torch: a checked trace).
+            static = tuple(sorted(self.get_config().items()))
+            loss_at = backend_fast_paths.training_function(denoiser, self._loss_at, owner=self,
+                                                           static_key=static)
+            return AmbientLossOutput(*loss_at(y, sigma_n, sigma_t, noise, condition=condition))
+        return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, sigma_t, noise,
+                                                condition=condition, training=training))
+
+    def _loss_at(self, denoiser, y, sigma_n, sigma_t, noise, condition=None, training=True):
+        """The loss given the draws `sigma_t` and `noise` (no randomness here)."""
         x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
                                             equations.expand_to(sigma_t, y), noise)
         inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
@@ -140,7 +153,7 @@ class AmbientLoss:
         axes = tuple(range(1, len(y.shape)))
         sq_err = ops.mean(ops.square(y_hat - y), axis=axes)
         loss = self.weight(sigma_t, sigma_n) * sq_err
-        return AmbientLossOutput(loss, x_t, sigma_t, denoised)
+        return loss, x_t, sigma_t, denoised
 
     def get_config(self):
         return {

@@ -383,11 +383,7 @@ class AmbientDiffusion(keras.Model):
             weight = weight * ops.reshape(ops.cast(batch_weight, "float32"), (-1,))
         norm = ops.maximum(ops.sum(weight), 1e-12)
 
-        # The library's loss calls the denoiser once, as `D([x_t, sigma_t(, c)])`:
-        # through the backend's compiled training call (utils/backend_fast_paths.py).
-        denoiser = (backend_fast_paths.training_call(self.denoiser)
-                    if training and type(self.ambient_loss) is AmbientLoss else self.denoiser)
-        amb = self.ambient_loss(denoiser, data, sigma_n, condition=condition,
+        amb = self.ambient_loss(self.denoiser, data, sigma_n, condition=condition,
                                 seed=self.seed_generator, training=training)
         ambient = ops.sum(ops.where(weight > 0, amb.loss, 0.0) * weight) / norm
         total = ambient

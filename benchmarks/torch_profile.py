@@ -21,14 +21,18 @@ Keras phase has its plain counterpart, and prints Markdown tables. The wall
 per-step of the timed fit (no timers) and of the reference give the ratio of
 `speed.py`.
 
-`--generic` turns the library's backend fast paths off
-(`keras_ambient.utils.backend_fast_paths.set_enabled(False)`), which gives the
-"before" of the fused EMA update in the same script.
+The `torch-generic` worker turns the library's backend fast paths off
+(`keras_ambient.utils.backend_fast_paths.set_enabled(False)`): the "before"
+of the traced loss and the fused EMA update, side by side.
+
+Each side (Keras with the fast paths, `torch-generic` without them, plain
+PyTorch) and net runs in its own process (`--worker`), as in speed.py.
 
 Usage:
-    KERAS_BACKEND=torch python benchmarks/torch_profile.py --nets mlp2d,digits8
-    KERAS_BACKEND=torch python benchmarks/torch_profile.py --nets digits8 --cprofile 25
-    KERAS_BACKEND=torch python benchmarks/torch_profile.py --generic
+    python benchmarks/torch_profile.py                       # both nets, fast vs generic
+    python benchmarks/torch_profile.py --nets digits8 --backends torch
+    KERAS_BACKEND=torch python benchmarks/torch_profile.py --worker torch --task mlp2d \
+        --cprofile 30                                        # one side, with cProfile
 
 This is a benchmark, not a test: nothing is asserted about the figures.
 """
@@ -394,28 +398,65 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nets", default="mlp2d,digits8")
+    parser.add_argument("--backends", default="torch,torch-generic",
+                        help="Keras workers: torch (fast paths on), torch-generic (off)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per timed fit (default: the quick preset's, at least 30)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--generic", action="store_true",
-                        help="backend_fast_paths.set_enabled(False): the generic keras.ops paths")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N",
-                        help="also print the N Python functions with the most own time")
+                        help="with --worker: also print the N Python functions with the most "
+                        "own time")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--worker", default=None,
+                        help="run one side in this process: torch, torch-generic or plain")
+    parser.add_argument("--task", default=None, help="with --worker: the net")
     args = parser.parse_args(argv)
-    bu.setup_threads(args.threads)
-    import torch
-
-    torch.set_num_threads(args.threads)
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in speed.PRESETS["quick"].items()}
     for net in ("digits8", "mlp2d"):
         cfg[net]["steps"] = max(cfg[net]["steps"], 30)
+        if args.steps:
+            cfg[net]["steps"] = args.steps
+    if args.worker:  # one side, one net, in this process
+        bu.setup_threads(args.threads, plain=args.worker == "plain")
+        net = args.task or args.nets.split(",")[0]
+        if args.worker == "plain":
+            rec = plain_profile(net, args, cfg)
+        else:
+            args.generic = args.worker.endswith("-generic")
+            rec = keras_profile(net, args, cfg)
+        bu.flush([dict(rec, worker=args.worker, net=net)], tag="PROFILE_JSON")
+        return rec
+    # Each side and net in a fresh process (as speed.py: the plain reference ran
+    # about 2x slower in a process that had trained a Keras model before).
     out = []
+    backends = [b for b in args.backends.split(",") if b]
+    records = {}
     for net in args.nets.split(","):
-        k = keras_profile(net, args, cfg)
-        p = plain_profile(net, args, cfg)
-        out.append(report(net, cfg, k, p, args.generic))
-        print(out[-1], flush=True)
-    return out
+        for worker in backends + ["plain"]:
+            recs = bu.spawn(__file__, worker, net, ["--steps", str(cfg[net]["steps"])],
+                            args.threads, args.timeout, tag="PROFILE_JSON")
+            good = [r for r in recs if "sps" in r]
+            records[(net, worker)] = good[0] if good else None
+            if not good:
+                print(f"  {worker} {net} failed: {recs[-1].get('error') if recs else '?'}")
+        p = records[(net, "plain")]
+        for worker in backends:
+            k = records[(net, worker)]
+            if k and p:
+                out.append(report(net, cfg, k, p, worker.endswith("-generic")))
+                print(out[-1], flush=True)
+    rows = []
+    for net in args.nets.split(","):
+        p = records.get((net, "plain"))
+        row = [net, bu.fmt(p["sps"]) if p else "—"]
+        for worker in backends:
+            k = records.get((net, worker))
+            row.append(f"{k['sps']:.1f} ({k['sps'] / p['sps']:.2f})" if k and p else "—")
+        rows.append(row)
+    summary = ("\nSteps/s of the timed fit (ratio to plain PyTorch, each in its own process)\n"
+               + bu.table(["net", "plain torch"] + [f"{b} (ratio)" for b in backends], rows))
+    print(summary)
+    return out + [summary]
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def spawn(script, worker, task, argv, threads, timeout, tag="SPEED_JSON"):
     `failure` record when it fails or times out."""
     env = threads_env(threads)
     if worker != "plain":
-        env["KERAS_BACKEND"] = worker
+        env["KERAS_BACKEND"] = keras_backend_of(worker)
     cmd = [sys.executable, os.path.abspath(script), "--worker", worker, "--task", task]
     cmd += ["--threads", str(threads)] + list(argv)
     t0 = time.perf_counter()
@@ -66,6 +66,21 @@ def spawn(script, worker, task, argv, threads, timeout, tag="SPEED_JSON"):
         records.append(dict(backend=worker, kind="failure", task=task, status=str(status),
                             error=" | ".join(tail)[:400]))
     return records
+
+
+def keras_backend_of(worker):
+    """`torch` for the workers `torch` and `torch-generic` (the latter with the
+    library's backend fast paths off: `generic_paths`)."""
+    return worker[: -len("-generic")] if worker.endswith("-generic") else worker
+
+
+def generic_paths(worker):
+    """In a `*-generic` worker: turns keras_ambient's backend fast paths off
+    (utils/backend_fast_paths.py), the "before" of a fast path, side by side."""
+    if worker.endswith("-generic"):
+        from keras_ambient.utils import backend_fast_paths
+
+        backend_fast_paths.set_enabled(False)
 
 
 def setup_threads(threads, plain=False):

@@ -28,6 +28,8 @@ wraps the plain loss in `torch.autocast(bfloat16)`.
 Usage:
     python benchmarks/speed.py --quick                       # digits8 + mlp2d, small
     python benchmarks/speed.py --backends jax,torch --repeats 3 --json speed.json
+    python benchmarks/speed.py --sections train --nets digits8,mlp2d --quick \
+        --backends torch,torch-generic --repeats 2     # fast paths on vs off (before/after)
     python benchmarks/speed.py --sections train,consistency --nets img32 \
         --batch 128 --dtype-policy mixed_bfloat16            # the GPU check's rows
 
@@ -153,7 +155,9 @@ def _measure(out, rec, model_fn, x, batch, steps, warmup, **fit_kw):
 def _keras_train_task(args, cfg, out):
     import keras
 
-    backend = bu.setup_threads(args.threads)
+    bu.setup_threads(args.threads)
+    backend = args.worker  # "torch-generic": the library's fast paths off
+    bu.generic_paths(backend)
     for net in args.nets:
         batch, steps, warmup = cfg[net]["batch"], cfg[net]["steps"], cfg["warmup"]
         x = bu.make_data(net, batch * max(steps, warmup), SIGMA_N)
@@ -164,13 +168,14 @@ def _keras_train_task(args, cfg, out):
         if "jit" in args.sections and net in args.jit_nets:
             auto = [r for r in out if r.get("net") == net and r.get("kind") == "train"]
             other = not (auto and auto[-1].get("jit") == "True")  # what "auto" resolved to
-            skip = (backend == "torch" and other) or (
-                backend == "jax" and not other and net not in JAX_EAGER_NETS)
+            kb = bu.keras_backend_of(backend)
+            skip = (kb == "torch" and other) or (
+                kb == "jax" and not other and net not in JAX_EAGER_NETS)
             if not skip:
                 _measure(out, dict(rec, kind="jit", variant=f"jit={other}"),
                          lambda: _keras_model(net, cfg, jit_compile=other), x, batch,
                          steps if other else cfg["eager_steps"], 1)
-            if backend == "jax":
+            if kb == "jax":
                 _measure(out, dict(rec, kind="jit", variant="auto, no TerminateOnNonFinite"),
                          lambda: _keras_model(net, cfg), x, batch, steps, warmup,
                          plain_fit=True)
@@ -441,7 +446,9 @@ def report(records, args, cfg):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default=",".join(bu.KERAS_BACKENDS))
+    parser.add_argument("--backends", default=",".join(bu.KERAS_BACKENDS),
+                        help="Keras backends; 'torch-generic' (etc.): that backend with "
+                        "keras_ambient's backend fast paths off (utils/backend_fast_paths.py)")
     parser.add_argument("--quick", action="store_true", help="few steps, small sizes")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")

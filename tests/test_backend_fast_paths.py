@@ -136,3 +136,165 @@ def test_consistency_loss_is_the_same_on_the_generic_path():
         fast.set_enabled(True)
     assert fast_value.shape == (4,) and np.all(np.abs(fast_value) > 0)
     np.testing.assert_allclose(fast_value, generic_value, rtol=1e-4, atol=1e-7)
+
+def _ema_run(model, steps=5, seed=4):
+    """Perturbs the online weights and runs one EMA step, `steps` times; returns
+    the EMA weights after each step."""
+    rng = np.random.default_rng(seed)
+    model.reset_ema()
+    history = []
+    for _ in range(steps):
+        model.denoiser.set_weights([w + 0.1 * rng.normal(size=w.shape).astype("float32")
+                                    for w in model.denoiser.get_weights()])
+        model._update_ema()
+        history.append((model.denoiser.get_weights(), model.ema_denoiser.get_weights()))
+    return history
+
+
+def test_fused_ema_update_equals_the_generic_update_and_the_formula():
+    fused = _ema_run(_model())
+    fast.set_enabled(False)
+    try:
+        generic = _ema_run(_model())
+    finally:
+        fast.set_enabled(True)
+    # The formula, in float64: decay 0 at step 0, then min(0.999, (1 + n) / (10 + n)).
+    expected = [np.asarray(w, "float64") for w in fused[0][0]]  # step 0 copies the weights
+    for n, ((online, ema_fused), (online_g, ema_generic)) in enumerate(zip(fused, generic)):
+        decay = 0.0 if n == 0 else min(0.999, (1.0 + n) / (10.0 + n))
+        expected = [decay * e + (1.0 - decay) * np.asarray(w, "float64")
+                    for e, w in zip(expected, online)]
+        for a, b, e, w, wg in zip(ema_fused, ema_generic, expected, online, online_g):
+            np.testing.assert_array_equal(w, wg)  # same online weights on both paths
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    # The step 4 EMA is a real average (not a copy of the online weights).
+    assert max(np.abs(a - w).max() for a, w in zip(fused[-1][1], fused[-1][0])) > 1e-3
+
+
+def test_ema_update_reports_whether_it_ran():
+    model = _model()
+    targets = model.ema_denoiser.trainable_weights + model.ema_denoiser.non_trainable_weights
+    sources = model.denoiser.trainable_weights + model.denoiser.non_trainable_weights
+    before = [keras.ops.convert_to_numpy(v) for v in targets]
+    decay = keras.ops.convert_to_tensor(0.5, "float32")
+    ran = fast.ema_update(model.ema_denoiser.weights, model.denoiser.weights, decay)
+    assert ran == (keras.backend.backend() == "torch")
+    after = [keras.ops.convert_to_numpy(v) for v in targets]
+    for b, a, s in zip(before, after, sources):
+        want = 0.5 * b + 0.5 * keras.ops.convert_to_numpy(s) if ran else b
+        np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-7)
+    fast.set_enabled(False)
+    try:
+        assert fast.ema_update(model.ema_denoiser.weights, model.denoiser.weights, decay) is False
+    finally:
+        fast.set_enabled(True)
+
+
+# ------------------------------------------------------- training forward call
+torch_only = pytest.mark.skipif(keras.backend.backend() != "torch",
+                                reason="the traced training function is torch's")
+
+
+def _fit_steps(generic, steps=3):
+    fast.set_enabled(not generic)
+    try:
+        keras.utils.set_random_seed(0)
+        net = ka.networks.UNet((8, 8, 1), base_channels=8, channel_multipliers=(1, 2), seed=0)
+        model = ka.AmbientDiffusion(network=net, sigma_n=0.2, seed=0, consistency_weight=0.0,
+                                    data_shape=(8, 8, 1))
+        model.build()
+        initial = model.denoiser.get_weights()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        x = np.clip(np.random.default_rng(5).normal(0, 0.5, (steps * 4, 8, 8, 1)), -1, 1)
+        hist = model.fit(x.astype("float32"), batch_size=4, epochs=2, shuffle=False, verbose=0)
+        return model, hist.history["ambient_loss"], initial
+    finally:
+        fast.set_enabled(True)
+
+
+def _traces(denoiser):
+    return [t for entry in getattr(denoiser, fast._TRAIN_ATTR, {}).values()
+            for t in entry._traces.values()]
+
+
+def test_training_through_the_fast_paths_matches_the_generic_training():
+    fast_model, fast_losses, initial = _fit_steps(generic=False)
+    generic_model, generic_losses, _ = _fit_steps(generic=True)
+    np.testing.assert_allclose(fast_losses, generic_losses, rtol=1e-5)
+    # The same weights up to float32 rounding, which Adam amplifies for the few
+    # weights whose gradient is zero up to rounding (biases before a GroupNorm):
+    # within 1e-4 after 6 steps at a learning rate of 1e-2, when training moved
+    # the weights by up to 6e-2 (checked below).
+    for den in ("denoiser", "ema_denoiser"):
+        for a, b in zip(getattr(fast_model, den).get_weights(),
+                        getattr(generic_model, den).get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    moved = [np.abs(a - b).max() for a, b in zip(fast_model.denoiser.get_weights(), initial)]
+    assert max(moved) > 3e-2
+    if keras.backend.backend() == "torch":  # the traced loss was used, not the fallback
+        traces = _traces(fast_model.denoiser)
+        assert traces and all(t is not None for t in traces)
+    assert not _traces(generic_model.denoiser)
+
+
+def _call_denoiser(denoiser, x, sigma, condition=None):
+    return (denoiser(fast._inputs(x, sigma, condition), training=True),)
+
+
+def _torch_grads(out, weights, seed=0):
+    import torch
+
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.autograd.grad((out * cot).sum(), weights)
+
+
+@torch_only
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_traced_training_function_matches_the_eager_call_and_its_gradients(num_classes):
+    model = _model(num_classes=num_classes)
+    den = model.denoiser
+    call = fast.training_function(den, _call_denoiser)
+    weights = [v.value for v in den.trainable_variables]
+    rng = np.random.default_rng(6)
+    for sigma in (0.05, 1.0, 30.0):  # traced on the first inputs, reused for the others
+        x = keras.ops.convert_to_tensor(rng.normal(size=(4, 8, 8, 1)).astype("float32"))
+        s = keras.ops.convert_to_tensor(np.full((4,), sigma, "float32"))
+        labels = (keras.ops.convert_to_tensor(np.array([0, 2, 1, 0], "int32"))
+                  if num_classes else None)
+        (got,) = call(x, s, condition=labels)
+        (want,) = _call_denoiser(den, x, s, labels)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got.detach()),
+                                   keras.ops.convert_to_numpy(want.detach()), rtol=1e-5, atol=1e-6)
+        for a, b in zip(_torch_grads(got, weights), _torch_grads(want, weights)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    traces = _traces(den)
+    assert len(traces) == 1 and traces[0] is not None  # one trace, reused
+
+
+@torch_only
+def test_a_denoiser_with_dropout_is_called_eagerly_and_stays_random():
+    net = ka.networks.UNet((8, 8, 1), base_channels=8, channel_multipliers=(1, 2), dropout=0.5,
+                           seed=0)
+    model = ka.AmbientDiffusion(network=net, sigma_n=0.2, seed=0, data_shape=(8, 8, 1))
+    model.build()
+    rng = np.random.default_rng(0)  # non-zero output convolutions: the dropout shows
+    model.denoiser.set_weights([w + 0.05 * rng.normal(size=w.shape).astype("float32")
+                                for w in model.denoiser.get_weights()])
+    call = fast.training_function(model.denoiser, _call_denoiser)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(4, 8, 8, 1)).astype("float32"))
+    s = keras.ops.convert_to_tensor(np.full((4,), 0.5, "float32"))
+    a, b = (keras.ops.convert_to_numpy(call(x, s)[0].detach()) for _ in range(2))
+    assert _traces(model.denoiser) == [None]  # the seed state changes: not traced
+    assert np.abs(a - b).max() > 1e-4  # dropout draws new masks on every call
+
+
+def test_training_function_is_the_eager_function_off_torch_or_when_disabled(generic_path):
+    model = _model()
+    x = keras.ops.convert_to_tensor(np.ones((2, 8, 8, 1), "float32"))
+    s = keras.ops.convert_to_tensor(np.full((2,), 0.5, "float32"))
+    (got,) = fast.training_function(model.denoiser, _call_denoiser)(x, s)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got),
+                               keras.ops.convert_to_numpy(_call_denoiser(model.denoiser, x, s)[0]),
+                               rtol=1e-6, atol=1e-6)
+    assert not _traces(model.denoiser)

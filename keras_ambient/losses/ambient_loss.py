@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ambient import equations
+from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.validation import check_choice, check_scalar
 
 AmbientLossOutput = collections.namedtuple(
@@ -128,26 +129,31 @@ class AmbientLoss:
         Returns:
             An `AmbientLossOutput(loss, x_t, sigma_t, denoised)`.
         """
-        x_t, sigma_t = self.noised_inputs(y, sigma_n, seed=seed, denoiser=denoiser)
-        inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
-        denoised = denoiser(inputs, training=training)
-        return self.loss_from_denoised(denoised, y, sigma_n, x_t, sigma_t)
+        y = ops.cast(y, "float32")
+        sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
+        sigma_t, noise = self._draws(y, sigma_n, seed, denoiser)
+        if training is True and isinstance(denoiser, keras.layers.Layer):
+            # The deterministic rest, compiled where the backend allows it
+            # (utils/backend_fast_paths.py; torch: a checked trace).
+            static = tuple(sorted(self.get_config().items()))
+            loss_at = backend_fast_paths.training_function(denoiser, self._loss_at, owner=self,
+                                                           static_key=static)
+            return AmbientLossOutput(*loss_at(y, sigma_n, sigma_t, noise, condition=condition))
+        return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, sigma_t, noise,
+                                                condition=condition, training=training))
 
     def noised_inputs(self, y, sigma_n, seed=None, denoiser=None):
         """The network's inputs `(x_t, sigma_t)`: `sigma_t > sigma_n` drawn, `x_t` by M1.
 
-        The first half of `__call__`; with `loss_from_denoised` it lets a
-        caller evaluate `D(x_t; sigma_t)` in one network call together with
-        other inputs (`ka.AmbientDiffusion` batches it with the consistency
+        The first half of `__call__` (the same draws); with `loss_from_denoised`
+        it lets a caller evaluate `D(x_t; sigma_t)` in one network call together
+        with other inputs (`ka.AmbientDiffusion` batches it with the consistency
         loss's `D(x_s; s)`).
         """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
-        sigma_t = self.sample_sigma(sigma_n, seed, denoiser=denoiser)
-        noise = keras.random.normal(ops.shape(y), seed=seed)
-        x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
-                                            equations.expand_to(sigma_t, y), noise)
-        return x_t, sigma_t
+        sigma_t, noise = self._draws(y, sigma_n, seed, denoiser)
+        return self._noised(y, sigma_n, sigma_t, noise), sigma_t
 
     def loss_from_denoised(self, denoised, y, sigma_n, x_t, sigma_t):
         """The per-sample loss (M3) given `denoised = D(x_t; sigma_t)`: an `AmbientLossOutput`."""
@@ -158,6 +164,23 @@ class AmbientLoss:
         sq_err = ops.mean(ops.square(y_hat - y), axis=axes)
         loss = self.weight(sigma_t, sigma_n) * sq_err
         return AmbientLossOutput(loss, x_t, sigma_t, denoised)
+
+    def _draws(self, y, sigma_n, seed, denoiser):
+        """The random part: `sigma_t` per sample, then the noise `z'` (in this order)."""
+        sigma_t = self.sample_sigma(sigma_n, seed, denoiser=denoiser)
+        return sigma_t, keras.random.normal(ops.shape(y), seed=seed)
+
+    @staticmethod
+    def _noised(y, sigma_n, sigma_t, noise):
+        return equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
+                                             equations.expand_to(sigma_t, y), noise)
+
+    def _loss_at(self, denoiser, y, sigma_n, sigma_t, noise, condition=None, training=True):
+        """The loss given the draws `sigma_t` and `noise` (no randomness here): a tuple."""
+        x_t = self._noised(y, sigma_n, sigma_t, noise)
+        inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
+        denoised = denoiser(inputs, training=training)
+        return tuple(self.loss_from_denoised(denoised, y, sigma_n, x_t, sigma_t))
 
     def get_config(self):
         return {

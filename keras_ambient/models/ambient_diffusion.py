@@ -429,11 +429,18 @@ class AmbientDiffusion(keras.Model):
         chain = self.consistency_loss.reverse_chain(self.denoiser, data, sigma_n, condition=condition,
                                                     seed=seed, training=training,
                                                     target_denoiser=teacher)
-        inputs = [ops.concatenate([x_t, chain.x_s], axis=0), ops.concatenate([sigma_t, chain.s], axis=0)]
+        x = ops.concatenate([x_t, chain.x_s], axis=0)
+        sigma = ops.concatenate([sigma_t, chain.s], axis=0)
         if condition is not None:
-            inputs.append(keras.tree.map_structure(lambda a, b: ops.concatenate([a, b], axis=0),
-                                                   condition, chain.condition))
-        denoised = self.denoiser(inputs, training=training)
+            condition = keras.tree.map_structure(lambda a, b: ops.concatenate([a, b], axis=0),
+                                                 condition, chain.condition)
+        if training is True:
+            # Compiled where the backend allows it (utils/backend_fast_paths.py; torch: a
+            # checked trace with gradients), as the ambient loss alone is.
+            call = backend_fast_paths.training_function(self.denoiser, _call_denoiser, owner=self)
+            (denoised,) = call(x, sigma, condition=condition)
+        else:
+            (denoised,) = _call_denoiser(self.denoiser, x, sigma, condition=condition, training=training)
         batch = ops.shape(x_t)[0]
         amb = self.ambient_loss.loss_from_denoised(denoised[:batch], data, sigma_n, x_t, sigma_t)
         return amb, self.consistency_loss.loss_from_denoised(denoised[batch:], chain)
@@ -446,14 +453,19 @@ class AmbientDiffusion(keras.Model):
         step = ops.cast(self.ema_step, "float32")
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         decay = ops.where(step == 0, 0.0, decay)
+        averaged, copied = [], []
         for src, dst in zip(self.denoiser.weights, self.ema_denoiser.weights):
             if self.lora_rank is not None and not src.trainable:
                 continue  # frozen pretrained weights: copied once by reset_ema
-            value = ops.stop_gradient(ops.cast(src, dst.dtype))
-            if src.trainable:
+            (averaged if src.trainable else copied).append((src, dst))
+        # One fused update where the backend has it (utils/backend_fast_paths.py).
+        if not backend_fast_paths.ema_update([d for _, d in averaged], [s for s, _ in averaged],
+                                             decay):
+            for src, dst in averaged:
+                value = ops.stop_gradient(ops.cast(src, dst.dtype))
                 dst.assign(decay * dst + (1.0 - decay) * value)
-            else:
-                dst.assign(value)
+        for src, dst in copied:
+            dst.assign(ops.stop_gradient(ops.cast(src, dst.dtype)))
         self.ema_step.assign_add(1)
 
     # ---------------------------------------------------------- input checks
@@ -980,3 +992,8 @@ def _scalar(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
     return value
+
+
+def _call_denoiser(denoiser, x, sigma, condition=None, training=True):
+    """`(D([x, sigma(, condition)]),)`: the shared call, as a pure function for tracing."""
+    return (denoiser([x, sigma] + ([condition] if condition is not None else []), training=training),)

@@ -27,6 +27,38 @@ already).
 Compiled functions are cached on the network and per input signature,
 so later sampling calls reuse them. Every path computes the same function;
 tests/test_backend_fast_paths.py compares them with the generic path.
+
+`training_function(denoiser, fn)` computes `fn(denoiser, *tensors)`, a pure
+function of tensors and the denoiser's weights that calls the denoiser (the
+ambient loss after its random draws: losses/ambient_loss.py), for training:
+
+- torch: with gradients on, a `torch.jit.trace` of `fn` with the denoiser
+  called as `stateless_call` and the variables' tensors as inputs (so the
+  gradients reach them), traced once per input signature, set of variables
+  and `static_key` (the loss's configuration). It runs the recorded aten
+  operators without Keras's per-layer and per-op Python work, unoptimized
+  (`torch.jit.optimized_execution(False)`: those operators with torch's
+  autograd, as in the eager call; the graph optimizations' symbolic
+  gradients differ in rounding and were not faster here). Before a trace is
+  used it is checked on its first inputs against the eager call: the same
+  outputs and the same gradients for every trainable weight (random
+  cotangents). A denoiser that updates state in training (dropout's seed,
+  batch statistics) or adds layer losses, rematerialization, a call inside
+  `torch.compile` (Keras `jit_compile=True`), or a trace that fails or
+  disagrees: the eager call;
+- every other case (other backends, whose train steps are compiled anyway;
+  `set_enabled(False)`): `fn` itself, eagerly.
+
+`ema_update(targets, sources, decay)` updates a weight EMA in place
+(`t <- decay * t + (1 - decay) * s` for every pair) in a few fused calls
+where the backend allows it:
+
+- torch: `torch._foreach_mul_` / `_foreach_mul` / `_foreach_add_` on the
+  variables' tensors (the generic path dispatches three Keras ops and an
+  `assign` per weight); `decay` stays a tensor (no host sync);
+- otherwise (JAX, whose train step is jitted anyway; TensorFlow, a graph;
+  mixed dtypes or devices; a `StatelessScope`; `set_enabled(False)`): it
+  returns False and the caller runs the generic `keras.ops` update.
 """
 
 import contextlib
@@ -37,6 +69,7 @@ from keras import ops
 
 _ENABLED = True
 _ATTR = "_keras_ambient_inference_call"
+_TRAIN_ATTR = "_keras_ambient_training_call"
 
 
 def set_enabled(enabled):
@@ -209,3 +242,211 @@ def _trace_checked(torch, fn, args, expected):
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
         return None
     return traced
+
+
+# ----------------------------------------------------------------- weight EMA
+def ema_update(targets, sources, decay):
+    """In place, for every pair: `target <- decay * target + (1 - decay) * source`.
+
+    Args:
+        targets: Keras variables (the EMA weights).
+        sources: Keras variables of the same shapes and dtypes (the weights).
+        decay: a scalar tensor (float32).
+
+    Returns:
+        True if the update was done here; False if the caller must run the
+        generic `keras.ops` update (nothing was changed then).
+    """
+    if not _ENABLED or not targets or keras.backend.backend() != "torch":
+        return False
+    return _torch_ema_update(targets, sources, decay)
+
+
+def _torch_ema_update(targets, sources, decay):
+    import torch
+
+    if len(targets) != len(sources):
+        return False
+    dst = [v.value for v in targets]
+    src = [v.value for v in sources]
+    # Only the variables' own tensors (not a StatelessScope's or an autocast
+    # copy), of one dtype and device, and the same shapes.
+    first = dst[0]
+    for d, s, vd, vs in zip(dst, src, targets, sources):
+        if not (isinstance(d, torch.nn.Parameter) and isinstance(s, torch.nn.Parameter)):
+            return False
+        if d.dtype != first.dtype or s.dtype != first.dtype or d.device != first.device \
+                or s.device != first.device or d.shape != s.shape:
+            return False
+    decay = torch.as_tensor(decay)
+    if decay.dtype != first.dtype or decay.ndim != 0:
+        return False
+    decay = decay.to(first.device)
+    with torch.no_grad():
+        scaled = torch._foreach_mul(src, 1.0 - decay)  # (1 - decay) * source
+        torch._foreach_mul_(dst, decay)                # decay * target
+        torch._foreach_add_(dst, scaled)
+    return True
+
+
+# ---------------------------------------------------------- training forward
+def training_function(denoiser, fn, owner=None, static_key=()):
+    """`call(*tensors, condition=None)` computing `fn(denoiser, *tensors,
+    condition=condition)` (with gradients), compiled where the backend allows it.
+
+    `fn` must be a pure function of its tensors and the denoiser's weights (no
+    random draws; they are made before it and passed in) that calls the
+    denoiser as `denoiser(inputs, training=...)` and returns a tuple of
+    tensors. `owner` (e.g. the loss whose method `fn` is) and `static_key`
+    (e.g. its configuration) identify `fn`: a new one means a new trace.
+    Off torch, or when disabled, `fn` itself is called.
+    """
+    if not _ENABLED or keras.backend.backend() != "torch":
+        return lambda *tensors, condition=None: fn(denoiser, *tensors, condition=condition)
+    cache = getattr(denoiser, _TRAIN_ATTR, None)
+    if cache is None:
+        cache = {}
+        try:
+            object.__setattr__(denoiser, _TRAIN_ATTR, cache)
+        except (AttributeError, TypeError):
+            pass
+    name = getattr(fn, "__name__", None)
+    entry = cache.get((id(owner), name))
+    if entry is None or entry.owner is not owner:
+        entry = cache[(id(owner), name)] = _TorchTrainingFunction(denoiser, owner)
+    return lambda *tensors, condition=None: entry(fn, static_key, tensors, condition)
+
+
+class _StatelessDenoiser:
+    """`denoiser(inputs, training)` as `stateless_call` on given variable values;
+    records state updates and layer losses (which a trace would drop)."""
+
+    def __init__(self, denoiser, trainable, non_trainable, check=False):
+        self._denoiser = denoiser
+        self._t, self._nt = trainable, non_trainable
+        self._check = check
+        self.impure = False
+
+    def __getattr__(self, name):  # e.g. sample_training_sigma
+        return getattr(self._denoiser, name)
+
+    def __call__(self, inputs, training=None):
+        if self._check:
+            out, new_nt, losses = self._denoiser.stateless_call(
+                self._t, self._nt, inputs, training=training, return_losses=True)
+            self.impure = self.impure or bool(losses) or any(
+                a is not b for a, b in zip(new_nt, self._nt))
+            return out
+        return self._denoiser.stateless_call(self._t, self._nt, inputs, training=training)[0]
+
+
+class _TorchTrainingFunction:
+    """`fn(denoiser, *tensors, condition)` through checked `torch.jit.trace`s."""
+
+    MAX_TRACES = 8  # input signatures kept (e.g. full and last partial batch)
+
+    def __init__(self, denoiser, owner):
+        self._denoiser = denoiser
+        self.owner = owner
+        self._traces = {}  # key -> traced function, or None (eager)
+
+    def __call__(self, fn, static_key, tensors, condition):
+        import torch
+
+        den = self._denoiser
+        eager = lambda: fn(den, *tensors, condition=condition)  # noqa: E731
+        if not _ENABLED or not torch.is_grad_enabled() or _compiling(torch):
+            return eager()
+        flat_cond = keras.tree.flatten(condition) if condition is not None else []
+        flat = [ops.convert_to_tensor(t) for t in list(tensors) + flat_cond]
+        if not all(isinstance(t, torch.Tensor) for t in flat):
+            return eager()
+        trainable = den.trainable_variables
+        non_trainable = den.non_trainable_variables
+        key = (tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in flat),
+               tuple(map(id, trainable)), tuple(map(id, non_trainable)),
+               getattr(fn, "__name__", None), static_key)
+        if key not in self._traces:
+            if len(self._traces) >= self.MAX_TRACES:
+                self._traces.clear()
+            self._traces[key] = self._trace(fn, flat, len(tensors), condition, trainable,
+                                            non_trainable)
+        traced = self._traces[key]
+        if traced is None:
+            return eager()
+        values = [v.value for v in trainable] + [v.value for v in non_trainable]
+        with torch.jit.optimized_execution(False):
+            return traced(*flat, *values)
+
+    def _pure(self, fn, n_x, condition, n_cond, n_t):
+        den = self._denoiser
+
+        def pure(*args):
+            x = args[:n_x]
+            cond = (keras.tree.pack_sequence_as(condition, list(args[n_x:n_x + n_cond]))
+                    if condition is not None else None)
+            t = list(args[n_x + n_cond:n_x + n_cond + n_t])
+            nt = list(args[n_x + n_cond + n_t:])
+            return tuple(fn(_StatelessDenoiser(den, t, nt), *x, condition=cond))
+
+        return pure
+
+    def _trace(self, fn, flat, n_x, condition, trainable, non_trainable):
+        """A checked trace for these inputs and variables, or None (eager)."""
+        import torch
+
+        den = self._denoiser
+        try:
+            if any(getattr(layer, "_remat_mode", None) is not None
+                   for layer in [den] + list(den._flatten_layers())):
+                return None
+            t_values = [v.value for v in trainable]
+            nt_values = [v.value for v in non_trainable]
+            if not all(isinstance(v, torch.nn.Parameter) for v in t_values + nt_values):
+                return None  # a StatelessScope or autocast copy: not the variables
+            n_cond = len(flat) - n_x
+            cond = (keras.tree.pack_sequence_as(condition, flat[n_x:])
+                    if condition is not None else None)
+            # State updates or layer losses in training: not traceable as a pure call.
+            probe = _StatelessDenoiser(den, t_values, nt_values, check=True)
+            fn(probe, *flat[:n_x], condition=cond)
+            if probe.impure:
+                return None
+            pure = self._pure(fn, n_x, condition, n_cond, len(t_values))
+            args = tuple(flat + t_values + nt_values)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings on shape reads; deprecation
+                traced = torch.jit.trace(pure, args, check_trace=False)
+            with torch.jit.optimized_execution(False):
+                got = tuple(traced(*args))
+            eager = tuple(fn(den, *flat[:n_x], condition=cond))
+            if len(got) != len(eager) or not all(_same(torch, a, b) for a, b in zip(got, eager)):
+                return None
+            weights = [v for v in t_values if v.requires_grad]
+            outs = [(a, b) for a, b in zip(got, eager)
+                    if b.requires_grad and b.dtype.is_floating_point]
+            if weights and outs:
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                cots = [torch.randn(b.shape, generator=gen, dtype=torch.float32).to(
+                    device=b.device, dtype=b.dtype) for _, b in outs]
+                g_eager = torch.autograd.grad(sum((b * c).sum() for (_, b), c in zip(outs, cots)),
+                                              weights, allow_unused=True)
+                g_traced = torch.autograd.grad(sum((a * c).sum() for (a, _), c in zip(outs, cots)),
+                                               weights, allow_unused=True)
+                for a, b in zip(g_eager, g_traced):
+                    if (a is None) != (b is None) or (a is not None and not _same(torch, b, a)):
+                        return None
+            return traced
+        except Exception:  # noqa: BLE001 - any failure: the eager call is used
+            return None
+
+
+def _compiling(torch):
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _same(torch, got, expected):
+    return (isinstance(got, torch.Tensor) and got.shape == expected.shape
+            and got.dtype == expected.dtype
+            and torch.allclose(got, expected, rtol=1e-5, atol=1e-6))

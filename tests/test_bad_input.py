@@ -211,6 +211,7 @@ NOT_WALKED = {
     ka.memorization.MemorizationReport: "a result record built by measure_similarity",
     ka.memorization.NoiseAttackResult: "a result record built by noise_attack",
     ka.losses.AmbientLossOutput: "a named tuple returned by the loss",
+    ka.losses.ConsistencyChain: "a named tuple returned by ConsistencyLoss.reverse_chain",
     ka.memorization.DINOv2FeatureExtractor: "needs keras-hub's DINOv2 backbone "
                                             "(tests/test_memorization_dinov2.py)",
     ka.pretrained.KerasCVUNet: "needs keras-cv's Stable Diffusion UNet (tests/test_pretrained.py)",

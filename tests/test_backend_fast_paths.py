@@ -238,8 +238,8 @@ def test_training_through_the_fast_paths_matches_the_generic_training():
     assert not _traces(generic_model.denoiser)
 
 
-def _call_denoiser(denoiser, x, sigma, condition=None):
-    return (denoiser(fast._inputs(x, sigma, condition), training=True),)
+def _call_denoiser(denoiser, x, sigma, condition=None, training=True):
+    return (denoiser(fast._inputs(x, sigma, condition), training=training),)
 
 
 def _torch_grads(out, weights, seed=0):

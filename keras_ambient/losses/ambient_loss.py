@@ -132,15 +132,15 @@ class AmbientLoss:
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
         sigma_t, noise = self._draws(y, sigma_n, seed, denoiser)
-        if training is True and isinstance(denoiser, keras.layers.Layer):
-            # The deterministic rest, compiled where the backend allows it
-            # (utils/backend_fast_paths.py; torch: a checked trace).
-            static = tuple(sorted(self.get_config().items()))
-            loss_at = backend_fast_paths.training_function(denoiser, self._loss_at, owner=self,
-                                                           static_key=static)
-            return AmbientLossOutput(*loss_at(y, sigma_n, sigma_t, noise, condition=condition))
-        return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, sigma_t, noise,
-                                                condition=condition, training=training))
+        if not isinstance(denoiser, keras.layers.Layer):
+            return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, sigma_t, noise,
+                                                    condition=condition, training=training))
+        # The deterministic rest, compiled where the backend allows it
+        # (utils/backend_fast_paths.py; torch: a checked trace in training).
+        static = tuple(sorted(self.get_config().items()))
+        loss_at = backend_fast_paths.training_function(denoiser, self._loss_at, owner=self,
+                                                       static_key=static, training=training)
+        return AmbientLossOutput(*loss_at(y, sigma_n, sigma_t, noise, condition=condition))
 
     def noised_inputs(self, y, sigma_n, seed=None, denoiser=None):
         """The network's inputs `(x_t, sigma_t)`: `sigma_t > sigma_n` drawn, `x_t` by M1.

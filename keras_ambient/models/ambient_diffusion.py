@@ -434,13 +434,11 @@ class AmbientDiffusion(keras.Model):
         if condition is not None:
             condition = keras.tree.map_structure(lambda a, b: ops.concatenate([a, b], axis=0),
                                                  condition, chain.condition)
-        if training is True:
-            # Compiled where the backend allows it (utils/backend_fast_paths.py; torch: a
-            # checked trace with gradients), as the ambient loss alone is.
-            call = backend_fast_paths.training_function(self.denoiser, _call_denoiser, owner=self)
-            (denoised,) = call(x, sigma, condition=condition)
-        else:
-            (denoised,) = _call_denoiser(self.denoiser, x, sigma, condition=condition, training=training)
+        # Compiled where the backend allows it (utils/backend_fast_paths.py; torch: a
+        # checked trace with gradients in training), as the ambient loss alone is.
+        call = backend_fast_paths.training_function(self.denoiser, _call_denoiser, owner=self,
+                                                    training=training)
+        (denoised,) = call(x, sigma, condition=condition)
         batch = ops.shape(x_t)[0]
         amb = self.ambient_loss.loss_from_denoised(denoised[:batch], data, sigma_n, x_t, sigma_t)
         return amb, self.consistency_loss.loss_from_denoised(denoised[batch:], chain)

@@ -117,17 +117,23 @@ def no_gradient_call(net, x, sigma, condition=None, training=True):
 
 
 def _cached(net, key, make):
-    entries = getattr(net, _ATTR, None)
+    entries = _attached_dict(net, _ATTR)
+    if key not in entries:
+        entries[key] = make()
+    return entries[key]
+
+
+def _attached_dict(net, attr):
+    """The dict stored on `net` under `attr` (created empty on first use)."""
+    entries = getattr(net, attr, None)
     if entries is None:
         entries = {}
         try:
             # On the network itself (not a module-level cache): it goes with it.
-            object.__setattr__(net, _ATTR, entries)
+            object.__setattr__(net, attr, entries)
         except (AttributeError, TypeError):
             pass
-    if key not in entries:
-        entries[key] = make()
-    return entries[key]
+    return entries
 
 
 def _inputs(x, sigma, condition):
@@ -290,26 +296,23 @@ def _torch_ema_update(targets, sources, decay):
 
 
 # ---------------------------------------------------------- training forward
-def training_function(denoiser, fn, owner=None, static_key=()):
+def training_function(denoiser, fn, owner=None, static_key=(), training=True):
     """`call(*tensors, condition=None)` computing `fn(denoiser, *tensors,
-    condition=condition)` (with gradients), compiled where the backend allows it.
+    condition=condition, training=training)` (with gradients), compiled where
+    the backend allows it.
 
     `fn` must be a pure function of its tensors and the denoiser's weights (no
     random draws; they are made before it and passed in) that calls the
-    denoiser as `denoiser(inputs, training=...)` and returns a tuple of
+    denoiser as `denoiser(inputs, training=training)` and returns a tuple of
     tensors. `owner` (e.g. the loss whose method `fn` is) and `static_key`
     (e.g. its configuration) identify `fn`: a new one means a new trace.
-    Off torch, or when disabled, `fn` itself is called.
+    Off torch, when disabled, or unless `training is True` (the traces are of
+    the training-mode call), `fn` itself is called.
     """
-    if not _ENABLED or keras.backend.backend() != "torch":
-        return lambda *tensors, condition=None: fn(denoiser, *tensors, condition=condition)
-    cache = getattr(denoiser, _TRAIN_ATTR, None)
-    if cache is None:
-        cache = {}
-        try:
-            object.__setattr__(denoiser, _TRAIN_ATTR, cache)
-        except (AttributeError, TypeError):
-            pass
+    if not _ENABLED or keras.backend.backend() != "torch" or training is not True:
+        return lambda *tensors, condition=None: fn(denoiser, *tensors, condition=condition,
+                                                   training=training)
+    cache = _attached_dict(denoiser, _TRAIN_ATTR)
     name = getattr(fn, "__name__", None)
     entry = cache.get((id(owner), name))
     if entry is None or entry.owner is not owner:

@@ -1,5 +1,6 @@
 """A small reusable test harness (in the spirit of keras-hub's TestCase)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -70,3 +71,12 @@ def run_in_backend(backend, code, timeout=240):
     if proc.returncode != 0:
         raise AssertionError(f"subprocess on {backend} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_benchmark(name):
+    """The module `benchmarks/<name>.py` (`benchmarks` holds scripts, not a package)."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"ka_benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

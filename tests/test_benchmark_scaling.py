@@ -5,7 +5,6 @@ path. Nothing here depends on the Keras backend of the test run (the smoke run
 starts its own worker processes), so the tests run under one backend only.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,14 +13,13 @@ import sys
 import numpy as np
 import pytest
 
+from tests.harness import load_benchmark
+
 _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "scaling.py")
 
 
 def _scaling():
-    spec = importlib.util.spec_from_file_location("ka_scaling_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling")
 
 
 def _records(backends=("jax", "plain"), sizes=(8, 32), batches=(16, 64, 256)):

@@ -6,28 +6,16 @@ path. Runs under every KERAS_BACKEND: the Keras side runs on the current
 backend, the reference always on torch (CPU), and the comparison is on NumPy.
 """
 
-import importlib.util
-import os
-
 import keras
 import numpy as np
 import pytest
 
 import keras_ambient as ka
+from tests.harness import load_benchmark
 
 torch = pytest.importorskip("torch")
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "torch_reference.py")
-
-
-def _reference():
-    spec = importlib.util.spec_from_file_location("ka_torch_reference", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _reference()
+ref = load_benchmark("torch_reference")
 
 
 def _randomize(keras_net, seed=0):

@@ -339,27 +339,26 @@ def plain_profile(net, args, cfg):
 
 
 # ---------------------------------------------------------------- report
+def _phase_rows(side, phases, total, total_label):
+    """One row per phase (wall ms, share, aten ops, their CPU ms), then the total row."""
+    rows = []
+    for ph in phases:
+        w = side["wall"].get(ph, 0.0)
+        cnt, cpu = side["ops"].get(ph, (0, 0.0))
+        rows.append([ph, f"{w * 1e3:.2f}", f"{100 * w / total:.0f}%", f"{cnt:.0f}",
+                     f"{cpu * 1e3:.2f}"])
+    rows.append([total_label, f"**{total * 1e3:.2f}**", "100%",
+                 f"{sum(v[0] for v in side['ops'].values()):.0f}",
+                 f"{sum(v[1] for v in side['ops'].values()) * 1e3:.2f}"])
+    return rows
+
+
 def report(net, cfg, k, p, generic):
     kw = k["wall"]
     tot_k = sum(kw.get(ph, 0.0) for ph in PHASES)
     tot_p = sum(p["wall"].values())
-    rows = []
-    for ph in PHASES:
-        w = kw.get(ph, 0.0)
-        cnt, cpu = k["ops"].get(ph, (0, 0.0))
-        rows.append([ph, f"{w * 1e3:.2f}", f"{100 * w / tot_k:.0f}%", f"{cnt:.0f}",
-                     f"{cpu * 1e3:.2f}"])
-    rows.append(["**total (timed fit)**", f"**{tot_k * 1e3:.2f}**", "100%",
-                 f"{sum(v[0] for v in k['ops'].values()):.0f}",
-                 f"{sum(v[1] for v in k['ops'].values()) * 1e3:.2f}"])
-    for ph in PLAIN_PHASES:
-        w = p["wall"].get(ph, 0.0)
-        cnt, cpu = p["ops"].get(ph, (0, 0.0))
-        rows.append([ph, f"{w * 1e3:.2f}", f"{100 * w / tot_p:.0f}%", f"{cnt:.0f}",
-                     f"{cpu * 1e3:.2f}"])
-    rows.append(["**plain total**", f"**{tot_p * 1e3:.2f}**", "100%",
-                 f"{sum(v[0] for v in p['ops'].values()):.0f}",
-                 f"{sum(v[1] for v in p['ops'].values()) * 1e3:.2f}"])
+    rows = (_phase_rows(k, PHASES, tot_k, "**total (timed fit)**")
+            + _phase_rows(p, PLAIN_PHASES, tot_p, "**plain total**"))
     c = cfg[net]
     size = f"base {c['base_channels']}" if "base_channels" in c else f"width {c['hidden_units']}"
     head = (f"\n### {net} ({size}, batch {c['batch']}), torch backend"

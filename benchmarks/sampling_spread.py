@@ -41,6 +41,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def class_weights(predicted, target):
+    """Per-image weights (summing to 1) that give a set whose images carry the
+    class labels `predicted` the class proportions `target`."""
+    found = np.bincount(predicted, minlength=len(target)) / len(predicted)
+    weights = (np.asarray(target) / np.maximum(found, 1e-12))[predicted]
+    return weights / weights.sum()
+
+
+def weighted_statistics(features, weights):
+    """Weighted mean and (unbiased, reliability-weighted) covariance of `features`
+    `(n, d)`; equal weights give `ka.evaluation.gaussian_statistics`."""
+    features = np.asarray(features, dtype=np.float64)
+    mean = weights @ features
+    centred = features - mean
+    cov = (centred * weights[:, None]).T @ centred / (1.0 - np.sum(weights ** 2))
+    return mean, cov
+
+
 def main(args):
     model = ka.models.load_model(args.model)
     x_train, labels = ka.data.load_digits("train", return_labels=True)
@@ -48,39 +66,56 @@ def main(args):
     pca = ev.make_feature_extractor(x_train, "pca", num_features=16)
     clf = ev.make_feature_extractor(x_train, "classifier", num_features=64, labels=labels, seed=0)
 
+    from sklearn.neural_network import MLPClassifier
+
+    # The classifier behind the FD_clf features (same settings), used here for its labels.
+    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0)
+    classifier.fit(x_train.reshape(len(x_train), -1), labels)
+    target = np.bincount(labels, minlength=10) / len(labels)
+    test_stats = ev.gaussian_statistics(pca(x_test))
+
     def measure(images):
+        predicted = classifier.predict(np.asarray(images).reshape(len(images), -1))
+        found = np.bincount(predicted, minlength=10) / len(predicted)
+        balanced = weighted_statistics(pca(images), class_weights(predicted, target))
         return [ev.estimate_noise_level(images, reference=x_test),
                 ev.frechet_image_distance(images, x_test, pca),
-                ev.frechet_image_distance(images, x_test, clf)]
+                ev.frechet_image_distance(images, x_test, clf),
+                0.5 * float(np.abs(found - target).sum()),
+                ev.frechet_distance(*balanced, *test_stats)]
 
     n = len(x_train)
     modes = {"full": dict(mode="full", sigma_min=args.final_sigma),
              "full@0.002": dict(mode="full", sigma_min=0.002),
              "truncated": dict(mode="truncated")}
     rows = {m: [] for m in modes}
-    print(f"{'set':<28} {'resid_noise':>11} {'FD_pca':>8} {'FD_clf':>8}")
+    names = ("resid_noise", "FD_pca", "FD_clf", "class_tv", "FD_pca_bal")
+    print(f"{'set':<28} " + " ".join(f"{k:>11}" for k in names))
     for seed in range(args.sampling_seeds):
         for name, kwargs in modes.items():
             r = measure(model.generate(n, seed=seed, batch_size=n, **kwargs))
             rows[name].append(r)
-            print(f"{name + f' (seed {seed})':<28} {r[0]:>11.3f} {r[1]:>8.3f} {r[2]:>8.3f}", flush=True)
-    noisy = [measure(ka.data.add_noise(x_train, model.sigma_n, seed=1000 + k))
-             for k in range(args.noise_draws)]
-    print(f"\n{'mean ± std over sets':<28} {'resid_noise':>15} {'FD_pca':>15} {'FD_clf':>15}")
+            print(f"{name + f' (seed {seed})':<28} " + " ".join(f"{v:>11.3f}" for v in r), flush=True)
+    noisy_draws = [ka.data.add_noise(x_train, model.sigma_n, seed=1000 + k) for k in range(args.noise_draws)]
+    noisy = [measure(y) for y in noisy_draws]
+    denoised = [measure(np.asarray(model.denoise(y, model.sigma_n, batch_size=n))) for y in noisy_draws]
+    print(f"\n{'mean ± std over sets':<36} " + " ".join(f"{k:>15}" for k in names))
     summary = {}
-    for name, values in list(rows.items()) + [("noisy training data", noisy)]:
+    for name, values in list(rows.items()) + [("noisy training data", noisy),
+                                              ("noisy data denoised, D(y; sigma_n)", denoised)]:
         a = np.asarray(values)
-        mean, std = a.mean(axis=0), a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(3)
+        mean, std = a.mean(axis=0), a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
         summary[name] = {"mean": mean.tolist(), "std": std.tolist(), "sets": a.tolist()}
-        print(f"{name:<28} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(mean, std)))
+        print(f"{name:<36} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(mean, std)))
     full, trunc = np.asarray(rows["full"]), np.asarray(rows["truncated"])
     diff = full - trunc
     print("\nfull - truncated, paired by sampling seed (mean ± std): "
           + ", ".join(f"{k} {m:+.3f} ± {s:.3f}" for k, m, s in
-                      zip(("resid_noise", "FD_pca", "FD_clf"), diff.mean(0), diff.std(0, ddof=1))))
+                      zip(names, diff.mean(0), diff.std(0, ddof=1))))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "final_sigma": args.final_sigma, "summary": summary}, f, indent=1)
+            json.dump({"model": args.model, "final_sigma": args.final_sigma, "columns": names,
+                       "summary": summary}, f, indent=1)
     return summary
 
 

@@ -45,6 +45,7 @@ def test_noisy_digits_example_smoke(tmp_path):
         for mode in ("full", "truncated"):
             assert math.isfinite(metrics["samples"][mode][key])
         assert math.isfinite(metrics["noisy_training_data"][key])
+        assert math.isfinite(metrics["noisy_training_data_denoised"][key])
     assert metrics["better_mode"] in ("full", "truncated")
     assert "better: " in proc.stdout and "FD (classifier)" in proc.stdout
     assert metrics["settings"]["clip_denoised"] is None

@@ -1,0 +1,125 @@
+"""The main job's model with one change at a time, measured over several sample sets.
+
+`examples/noisy_digits.py` (the README's main job) trains a U-Net of 16 channels
+for 1300 steps of 64 on the 8x8 digits noised at sigma_n = 0.2 and samples it
+once per mode. This script trains the same model (same data, noise draw,
+network, learning-rate schedule and batch order) with the changes given on
+the command line, then draws `--sets` sets of as many samples as there are
+training digits per mode (full sampling ending at 0.05, and truncated) and
+prints the mean and standard deviation over the sets of the residual noise and
+the Fréchet distances to the held-out clean digits, as the main job measures
+them. It answers "would more budget, capacity or another training-level law
+bring the main job's samples below the noisy training data's FD?"
+(docs/consistency.md §5).
+
+`--ambient-steps K` trains K ambient-only steps first (consistency weight 0,
+so each step costs what a step without consistency costs) and then `--steps`
+steps with the consistency loss, on one learning-rate schedule over both.
+
+Usage:
+    KERAS_BACKEND=jax python benchmarks/demo_variants.py                 # the main job's model
+    KERAS_BACKEND=jax python benchmarks/demo_variants.py --steps 2600
+    KERAS_BACKEND=jax python benchmarks/demo_variants.py --base-channels 32 --json c32.json
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import keras_ambient.utils.backend_choice  # noqa: E402,F401  (first: picks a backend if none is set)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_ambient as ka  # noqa: E402
+from keras_ambient.evaluation import images as ev  # noqa: E402
+from keras_ambient.utils.defaults import suggest_sigma_data  # noqa: E402
+
+SIGMA_N = 0.2
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=1300, help="steps with the consistency loss")
+    p.add_argument("--ambient-steps", type=int, default=0, help="ambient-only steps before them")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--num-res-blocks", type=int, default=1)
+    p.add_argument("--consistency-weight", type=float, default=30.0)
+    p.add_argument("--p-mean", type=float, default=-1.2, help="AmbientLoss p_mean (training-level law)")
+    p.add_argument("--batch-fraction", type=float, default=0.25, help="ConsistencyLoss batch_fraction")
+    p.add_argument("--sets", type=int, default=3, help="sample sets per mode (sampling seeds 0..sets-1)")
+    p.add_argument("--num-samples", type=int, default=None, help="images per set (default: as many as "
+                   "the training digits, as the main job; FD depends on the count)")
+    p.add_argument("--seed", type=int, default=0, help="data noise, initialisation and batch order")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def main(args):
+    keras.utils.set_random_seed(args.seed)
+    x_train, labels = ka.data.load_digits("train", return_labels=True)
+    x_test = ka.data.load_digits("test")
+    y = ka.data.add_noise(x_train, SIGMA_N, seed=args.seed)
+    network = ka.networks.UNet(image_shape=(8, 8, 1), base_channels=args.base_channels,
+                               channel_multipliers=(1, 2), num_res_blocks=args.num_res_blocks, seed=args.seed)
+    sigma_data = suggest_sigma_data(y, SIGMA_N)
+    model = ka.AmbientDiffusion(
+        network, sigma_n=SIGMA_N, sigma_data=sigma_data, seed=args.seed,
+        consistency_weight=args.consistency_weight,
+        ambient_loss=ka.losses.AmbientLoss(sigma_data=sigma_data, p_mean=args.p_mean),
+        consistency_loss=ka.losses.ConsistencyLoss(batch_fraction=args.batch_fraction))
+
+    # The main job's batch order: shuffled passes over the data, cut to the steps.
+    total = args.ambient_steps + args.steps
+    rng = np.random.default_rng(args.seed)
+    need = total * args.batch_size
+    order = np.concatenate([rng.permutation(len(y)) for _ in range(need // len(y) + 1)])[:need]
+    optimizer = keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=total, alpha=0.05))
+    split = args.ambient_steps * args.batch_size
+    t0 = time.perf_counter()
+    if args.ambient_steps:
+        # consistency_weight is read when the train step is traced; compiling again with
+        # the same (built) optimizer keeps its state and its place in the schedule.
+        model.consistency_weight = 0.0
+        model.compile(optimizer=optimizer)
+        model.fit(y[order[:split]], batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+        model.consistency_weight = args.consistency_weight
+    t1 = time.perf_counter()
+    model.compile(optimizer=optimizer)
+    if args.steps:
+        model.fit(y[order[split:]], batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+    train_s = time.perf_counter() - t0
+
+    pca = ev.make_feature_extractor(x_train, "pca", num_features=16)
+    clf = ev.make_feature_extractor(x_train, "classifier", num_features=64, labels=labels, seed=0)
+
+    def measure(images):
+        return [ev.estimate_noise_level(images, reference=x_test), ev.frechet_image_distance(images, x_test, pca),
+                ev.frechet_image_distance(images, x_test, clf)]
+
+    n = len(y) if args.num_samples is None else args.num_samples
+    results = {}
+    for mode, kwargs in (("full", dict(mode="full", sigma_min=0.05)), ("truncated", dict(mode="truncated"))):
+        rows = np.asarray([measure(model.generate(n, seed=s, batch_size=n, **kwargs))
+                           for s in range(args.sets)])
+        results[mode] = {"mean": rows.mean(0).tolist(), "std": rows.std(0, ddof=1).tolist() if args.sets > 1
+                         else [0.0] * 3}
+    print(f"training: {train_s:.0f} s ({t1 - t0:.0f} s of it ambient-only); "
+          f"{args.sets} sample sets of {n} per mode, mean ± std:")
+    print(f"{'mode':<10} {'resid_noise':>15} {'FD_pca':>15} {'FD_clf':>15}")
+    for mode, r in results.items():
+        print(f"{mode:<10} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(r["mean"], r["std"])))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": vars(args), "training_s": train_s, "ambient_only_s": t1 - t0,
+                       "columns": ["resid_noise", "FD_pca", "FD_clf"], "results": results}, f, indent=1)
+    return results, model
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -7,6 +7,7 @@ import pytest
 
 import keras_ambient as ka
 from keras_ambient.utils import backend_fast_paths as fast
+from keras_ambient.utils.structures import denoiser_inputs
 
 
 @pytest.fixture
@@ -239,7 +240,7 @@ def test_training_through_the_fast_paths_matches_the_generic_training():
 
 
 def _call_denoiser(denoiser, x, sigma, condition=None, training=True):
-    return (denoiser(fast._inputs(x, sigma, condition), training=training),)
+    return (denoiser(denoiser_inputs(x, sigma, condition), training=training),)
 
 
 def _torch_grads(out, weights, seed=0):

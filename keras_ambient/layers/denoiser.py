@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_ambient.utils.structures import denoiser_inputs
+
 
 class Denoiser(keras.Model):
     """Base class of the denoisers `D([x, sigma(, condition)]) -> E[x0 | x]`.
@@ -65,10 +67,7 @@ class Denoiser(keras.Model):
 
     def _call_network(self, x, level, condition, training):
         """Calls the network as `network([x, level(, condition)])` and checks its shape."""
-        net_inputs = [x, level]
-        if condition is not None:
-            net_inputs.append(condition)
-        out = self.network(net_inputs, training=training)
+        out = self.network(denoiser_inputs(x, level, condition), training=training)
         check_same_shape(out, x)
         return ops.cast(out, "float32")
 

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ambient import equations
 from keras_ambient.utils import backend_fast_paths
+from keras_ambient.utils.structures import denoiser_inputs
 from keras_ambient.utils.validation import check_choice, check_scalar
 
 AmbientLossOutput = collections.namedtuple(
@@ -178,8 +179,7 @@ class AmbientLoss:
     def _loss_at(self, denoiser, y, sigma_n, sigma_t, noise, condition=None, training=True):
         """The loss given the draws `sigma_t` and `noise` (no randomness here): a tuple."""
         x_t = self._noised(y, sigma_n, sigma_t, noise)
-        inputs = [x_t, sigma_t] + ([condition] if condition is not None else [])
-        denoised = denoiser(inputs, training=training)
+        denoised = denoiser(denoiser_inputs(x_t, sigma_t, condition), training=training)
         return tuple(self.loss_from_denoised(denoised, y, sigma_n, x_t, sigma_t))
 
     def get_config(self):

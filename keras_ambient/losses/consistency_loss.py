@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_ambient import equations
 from keras_ambient.utils import backend_fast_paths
-from keras_ambient.utils.structures import repeat_condition
+from keras_ambient.utils.structures import denoiser_inputs, repeat_condition
 from keras_ambient.utils.validation import check_bool, check_choice, check_int, check_scalar
 
 STARTS = ("ambient", "data")
@@ -158,8 +158,7 @@ class ConsistencyLoss:
 
     def _denoise(self, denoiser, x, sigma, condition, training, grad):
         if grad:
-            return denoiser([x, sigma] + ([condition] if condition is not None else []),
-                            training=training)
+            return denoiser(denoiser_inputs(x, sigma, condition), training=training)
         return backend_fast_paths.no_gradient_call(denoiser, x, sigma, condition, training)
 
     def __call__(self, denoiser, y, sigma_n, ambient_output=None, condition=None,

@@ -15,7 +15,7 @@ from keras_ambient.losses.ambient_loss import AmbientLoss
 from keras_ambient.losses.consistency_loss import ConsistencyLoss
 from keras_ambient.utils import backend_fast_paths, batches
 from keras_ambient.utils.train_step import train_step_then
-from keras_ambient.utils.structures import condition_length, pad_condition, slice_condition
+from keras_ambient.utils.structures import condition_length, denoiser_inputs, pad_condition, slice_condition
 from keras_ambient.utils.distribute import scale_loss_for_replicas
 from keras_ambient.utils.seeding import SavedSeedGenerator
 from keras_ambient.utils.versioning import VERSION_KEY, check_saved_config
@@ -324,10 +324,7 @@ class AmbientDiffusion(keras.Model):
         data = ops.cast(data, "float32")
         self._check_batch_shape(data)  # validation batches and predict reach the network here
         denoiser = self._denoiser_for(use_ema=True)
-        net_inputs = [data, self._batch_sigma_n(data, sigma_n)]
-        if condition is not None:
-            net_inputs.append(condition)
-        return denoiser(net_inputs, training=False)
+        return denoiser(denoiser_inputs(data, self._batch_sigma_n(data, sigma_n), condition), training=False)
 
     # ------------------------------------------------------------- training
     def train_step(self, *args):
@@ -994,4 +991,4 @@ def _scalar(name, value):
 
 def _call_denoiser(denoiser, x, sigma, condition=None, training=True):
     """`(D([x, sigma(, condition)]),)`: the shared call, as a pure function for tracing."""
-    return (denoiser([x, sigma] + ([condition] if condition is not None else []), training=training),)
+    return (denoiser(denoiser_inputs(x, sigma, condition), training=training),)

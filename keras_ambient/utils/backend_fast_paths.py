@@ -67,6 +67,8 @@ import warnings
 import keras
 from keras import ops
 
+from keras_ambient.utils.structures import denoiser_inputs
+
 _ENABLED = True
 _ATTR = "_keras_ambient_inference_call"
 _TRAIN_ATTR = "_keras_ambient_training_call"
@@ -113,7 +115,7 @@ def no_gradient_call(net, x, sigma, condition=None, training=True):
                            lambda: _torch_call(net, training=bool(training)))
             return call(x, sigma, condition)
     with no_grad():
-        return ops.stop_gradient(net(_inputs(x, sigma, condition), training=training))
+        return ops.stop_gradient(net(denoiser_inputs(x, sigma, condition), training=training))
 
 
 def _cached(net, key, make):
@@ -136,10 +138,6 @@ def _attached_dict(net, attr):
     return entries
 
 
-def _inputs(x, sigma, condition):
-    return [x, sigma] + ([condition] if condition is not None else [])
-
-
 def no_grad():
     """Context in which the backend records no gradient (torch: `torch.no_grad()`).
 
@@ -158,7 +156,7 @@ def no_grad():
 def _generic(net, training=False):
     def call(x, sigma, condition=None):
         with no_grad():
-            return net(_inputs(x, sigma, condition), training=training)
+            return net(denoiser_inputs(x, sigma, condition), training=training)
 
     return call
 
@@ -173,7 +171,7 @@ def _jax_call(net):
     import jax
 
     def pure(trainable, non_trainable, x, sigma, condition):
-        out, _ = net.stateless_call(trainable, non_trainable, _inputs(x, sigma, condition),
+        out, _ = net.stateless_call(trainable, non_trainable, denoiser_inputs(x, sigma, condition),
                                     training=False)
         return out
 
@@ -192,7 +190,7 @@ def _tf_call(net):
 
     @tf.function(reduce_retracing=True, autograph=False)
     def compiled(x, sigma, condition):
-        return net(_inputs(x, sigma, condition), training=False)
+        return net(denoiser_inputs(x, sigma, condition), training=False)
 
     def call(x, sigma, condition=None):
         return compiled(x, sigma, condition)
@@ -221,7 +219,7 @@ def _torch_call(net, training=False):
             cond = keras.tree.pack_sequence_as(condition, list(rest[:n_c])) if n_c else None
             t = list(rest[n_c:n_c + n_t])
             nt = list(rest[n_c + n_t:])
-            out, _ = net.stateless_call(t, nt, _inputs(x, sigma, cond), training=training)
+            out, _ = net.stateless_call(t, nt, denoiser_inputs(x, sigma, cond), training=training)
             return out
 
         with torch.no_grad():

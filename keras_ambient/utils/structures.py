@@ -1,4 +1,5 @@
-"""Helpers for conditions that are arrays or nested structures of arrays.
+"""Helpers for conditions that are arrays or nested structures of arrays, and
+for the input list of a denoiser.
 
 A condition is one array (class labels, vectors) or a dict / tuple of arrays
 (e.g. Stable Diffusion 3's `{"context": ..., "pooled_projection": ...}`), each
@@ -8,6 +9,12 @@ with one entry per sample along axis 0.
 import keras
 import numpy as np
 from keras import ops
+
+
+def denoiser_inputs(x, sigma, condition=None):
+    """The inputs of a denoiser and of the network it wraps: `[x, sigma]`, or
+    `[x, sigma, condition]` when a condition is given."""
+    return [x, sigma] if condition is None else [x, sigma, condition]
 
 
 def condition_length(condition):

@@ -208,8 +208,8 @@ def main(argv=None):
     noisy_m, clean_m = measure(y_train[:n_ref]), measure(x_train[:n_ref])
     # The noisy training digits denoised by the model, E[x0 | y] = D(y; sigma_n): posterior
     # means, not samples. Close to the clean data's figures when the model has learned the
-    # clean denoiser at sigma_n; a gap between these and the samples' is the sampler's (the
-    # generation from pure noise), not the noise's.
+    # clean denoiser at sigma_n; a gap between these and the samples' figures then lies in
+    # generating digits from pure noise, not in what the model learned about the noise.
     denoised_m = measure(np.asarray(model.denoise(y_train[:n_ref], args.sigma_n, batch_size=n_ref)))
     metrics = {
         "samples": by_mode,

@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--num-res-blocks", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate in the residual blocks")
+    p.add_argument("--attention", type=int, nargs="*", default=[],
+                   help="feature-map heights with self-attention (e.g. 4)")
     p.add_argument("--consistency-weight", type=float, default=30.0)
     p.add_argument("--p-mean", type=float, default=-1.2, help="AmbientLoss p_mean (training-level law)")
     p.add_argument("--batch-fraction", type=float, default=0.25, help="ConsistencyLoss batch_fraction")
@@ -65,7 +68,9 @@ def main(args):
     x_test = ka.data.load_digits("test")
     y = ka.data.add_noise(x_train, SIGMA_N, seed=args.seed)
     network = ka.networks.UNet(image_shape=(8, 8, 1), base_channels=args.base_channels,
-                               channel_multipliers=(1, 2), num_res_blocks=args.num_res_blocks, seed=args.seed)
+                               channel_multipliers=(1, 2), num_res_blocks=args.num_res_blocks,
+                               dropout=args.dropout, attention_resolutions=tuple(args.attention),
+                               seed=args.seed)
     sigma_data = suggest_sigma_data(y, SIGMA_N)
     model = ka.AmbientDiffusion(
         network, sigma_n=SIGMA_N, sigma_data=sigma_data, seed=args.seed,

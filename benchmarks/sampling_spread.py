@@ -66,11 +66,7 @@ def main(args):
     pca = ev.make_feature_extractor(x_train, "pca", num_features=16)
     clf = ev.make_feature_extractor(x_train, "classifier", num_features=64, labels=labels, seed=0)
 
-    from sklearn.neural_network import MLPClassifier
-
-    # The classifier behind the FD_clf features (same settings), used here for its labels.
-    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0)
-    classifier.fit(x_train.reshape(len(x_train), -1), labels)
+    classifier = clf.classifier  # the classifier behind the FD_clf features, for its labels
     target = np.bincount(labels, minlength=10) / len(labels)
     test_stats = ev.gaussian_statistics(pca(x_test))
 
@@ -109,9 +105,10 @@ def main(args):
         print(f"{name:<36} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(mean, std)))
     full, trunc = np.asarray(rows["full"]), np.asarray(rows["truncated"])
     diff = full - trunc
+    diff_std = diff.std(0, ddof=1) if len(diff) > 1 else np.zeros(diff.shape[1])
     print("\nfull - truncated, paired by sampling seed (mean ± std): "
           + ", ".join(f"{k} {m:+.3f} ± {s:.3f}" for k, m, s in
-                      zip(names, diff.mean(0), diff.std(0, ddof=1))))
+                      zip(names, diff.mean(0), diff_std)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "final_sigma": args.final_sigma, "columns": names,

@@ -56,8 +56,11 @@ def test_rebalancing_recovers_the_fd_of_the_right_proportions():
 @pytest.mark.slow
 def test_demo_variants_smoke_two_phases():
     variants = load_benchmark("demo_variants")
-    args = variants.parse_args(["--ambient-steps", "2", "--steps", "1", "--sets", "2", "--num-samples", "16"])
+    args = variants.parse_args(["--ambient-steps", "2", "--steps", "1", "--sets", "2", "--num-samples", "16",
+                                "--dropout", "0.1", "--attention", "4"])
     results, model = variants.main(args)
+    config = model.network.get_config()
+    assert config["dropout"] == 0.1 and tuple(config["attention_resolutions"]) == (4,)
     assert int(model.optimizer.iterations.numpy() if hasattr(model.optimizer.iterations, "numpy")
                else model.optimizer.iterations) == 3
     assert model.consistency_weight == 30.0

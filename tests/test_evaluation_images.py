@@ -185,6 +185,12 @@ def test_frechet_image_distance_on_digits(digits):
     np.testing.assert_allclose(pca(x_test), ev.make_feature_extractor(x_train, "pca", 4)(x_test))
     clf = ev.make_feature_extractor(x_train[:300], "classifier", 16, labels=labels[:300], seed=0)
     assert clf(x_test).shape == (len(x_test), 16)
+    # The features are the hidden layer of the classifier it exposes, which reads digits.
+    flat = x_test.reshape(len(x_test), -1)
+    model = clf.classifier
+    np.testing.assert_allclose(clf(x_test), np.maximum(flat @ model.coefs_[0] + model.intercepts_[0], 0.0))
+    test_labels = ka.data.load_digits("test", return_labels=True)[1]
+    assert np.mean(model.predict(flat) == test_labels) > 0.85
     with pytest.raises(ValueError, match="labels"):
         ev.make_feature_extractor(x_train, "classifier")
     with pytest.raises(ValueError, match="kind"):

@@ -468,6 +468,8 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
 
     Returns:
         A function `images -> features` `(n, num_features)` (NumPy float64).
+        For `"classifier"` its attribute `classifier` is the fitted
+        `MLPClassifier` (e.g. `.predict(flat_images)` for class labels).
 
     Example:
     ```python
@@ -523,6 +525,7 @@ def make_feature_extractor(reference, kind="pca", num_features=16, labels=None, 
     def classifier(images):
         return np.maximum(as_features_input(images) @ w + b, 0.0)
 
+    classifier.classifier = clf
     return classifier
 
 

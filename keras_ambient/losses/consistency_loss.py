@@ -87,6 +87,8 @@ class ConsistencyLoss:
         batch_fraction: the loss is computed on the first
             `ceil(batch_fraction * batch)` samples of each batch (batches are
             shuffled by `fit`), which bounds its cost; 1 uses the whole batch.
+            Smaller fractions (the authors use 1/16) are cheaper and noisier;
+            docs/consistency.md §2 measures the trade-off.
         num_draws: independent reverse chains per start point (`K >= 2`).
             More draws lower the variance of the loss and of its gradient
             at a proportional cost (one chain on `K` times the sub-batch).

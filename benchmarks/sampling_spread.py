@@ -11,12 +11,16 @@ and standard deviation, and the same figures for the noisy training data
 under several noise draws.
 
 Modes: `full` (levels from 80 down to `--final-sigma`, then D), `full@0.002`
-(the model's default last level) and `truncated`. Sets with the same sampling
-seed start from the same noise, so the modes are compared pair by pair.
+(the model's default last level), `truncated`, and with `--churn-steps N`
+`full+churn` (Heun with N steps and EDM's stochastic churn, `--s-churn`
+between `--s-tmin` and `--s-tmax`). Sets with the same sampling seed start
+from the same noise, so the modes are compared pair by pair.
 
 Usage:
     bash scripts/run_demo.sh                     # writes outputs/noisy_digits/model.keras
     KERAS_BACKEND=jax python benchmarks/sampling_spread.py outputs/noisy_digits/model.keras
+    KERAS_BACKEND=jax python benchmarks/sampling_spread.py outputs/noisy_digits/model.keras \
+        --churn-steps 40 --first-seed 5                  # stochastic sampling, sets 5-9
 """
 
 import argparse
@@ -37,6 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--sampling-seeds", type=int, default=5)
     p.add_argument("--final-sigma", type=float, default=0.05)
     p.add_argument("--noise-draws", type=int, default=3, help="noise draws of the training data")
+    p.add_argument("--first-seed", type=int, default=0, help="first sampling seed")
+    p.add_argument("--churn-steps", type=int, default=0,
+                   help="if > 0, also a mode 'full+churn': Heun with this many steps and EDM's churn")
+    p.add_argument("--s-churn", type=float, default=40.0)
+    p.add_argument("--s-tmin", type=float, default=0.05)
+    p.add_argument("--s-tmax", type=float, default=50.0)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -84,10 +94,13 @@ def main(args):
     modes = {"full": dict(mode="full", sigma_min=args.final_sigma),
              "full@0.002": dict(mode="full", sigma_min=0.002),
              "truncated": dict(mode="truncated")}
+    if args.churn_steps:
+        modes["full+churn"] = dict(mode="full", sigma_min=args.final_sigma, num_steps=args.churn_steps,
+                                   s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax)
     rows = {m: [] for m in modes}
     names = ("resid_noise", "FD_pca", "FD_clf", "class_tv", "FD_pca_bal")
     print(f"{'set':<28} " + " ".join(f"{k:>11}" for k in names))
-    for seed in range(args.sampling_seeds):
+    for seed in range(args.first_seed, args.first_seed + args.sampling_seeds):
         for name, kwargs in modes.items():
             r = measure(model.generate(n, seed=seed, batch_size=n, **kwargs))
             rows[name].append(r)

@@ -25,14 +25,21 @@ case "$WHICH" in
   *) echo "usage: $0 [jax|torch|tensorflow|all]" >&2; exit 2 ;;
 esac
 python -m pip install -q --no-compile "${COMMON[@]}" "${BACKENDS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+# Installs that pip resolves come first, then the packages installed without their
+# declared dependencies (pip's resolver would otherwise report those as conflicts).
+# keras-hub's dependencies except tensorflow-text (which would pull full TensorFlow);
+# kagglehub 1.0.2 is the newest whose kagglesdk pin agrees with keras-hub 0.32.0's
+# (kagglesdk==0.1.28; kagglehub 1.0.3 needs >= 0.1.38).
+python -m pip install -q --no-compile "kagglehub==1.0.2" "kagglesdk==0.1.28" sentencepiece tokenizers regex 2>&1 | grep -v "^WARNING: Location" || true
+if [ "$WHICH" = all ]; then
+  python -m pip install -q --no-compile "tensorflow-datasets" "dm-tree" 2>&1 | grep -v "^WARNING: Location" || true
+fi
 # keras-hub (DINOv2 features for memorization) without its tensorflow-text dependency.
 python -m pip install -q --no-compile --no-deps "keras-hub==0.32.0" 2>&1 | grep -v "^WARNING: Location" || true
-python -m pip install -q --no-compile kagglehub sentencepiece tokenizers regex 2>&1 | grep -v "^WARNING: Location" || true
 # keras-cv (Stable Diffusion 1.x path; no longer developed) for the test that compares
 # its timestep embedding with ours; it declares keras-core, so install it without deps.
 if [ "$WHICH" = all ]; then
   python -m pip install -q --no-compile --no-deps "keras-cv==0.9.0" 2>&1 | grep -v "^WARNING: Location" || true
-  python -m pip install -q --no-compile "tensorflow-datasets" "dm-tree" 2>&1 | grep -v "^WARNING: Location" || true
 fi
 python -m pip install -q --no-deps -e . > .venv/install_editable.log 2>&1 || { cat .venv/install_editable.log; exit 1; }
 KERAS_BACKEND=$CHECK_BACKEND python -c "import keras_ambient, keras; print('keras_ambient', keras_ambient.__version__, 'keras', keras.__version__, 'backend', keras.backend.backend())"

@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 COMMON=("keras==3.15.1" "numpy>=2,<2.5" "scikit-learn==1.9.1" "matplotlib==3.11.2" "pillow" "pytest==9.2.0"
         "scikit-image==0.26.0" "PyWavelets==1.9.0")  # skimage: noise-estimation comparison and tests
 # torch==2.13.0 is the CPU wheel (an unpinned torch pulls a multi-GB CUDA build);

@@ -204,6 +204,13 @@ def select(records, **match):
     return [r for r in records if all(r.get(k) == v for k, v in match.items())]
 
 
+def mean_std(rows):
+    """Per-column mean and sample standard deviation (ddof=1; zeros for one row) of `rows`."""
+    rows = np.asarray(rows, dtype=float)
+    std = rows.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(rows.shape[1:])
+    return rows.mean(axis=0), std
+
+
 def median(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(values) if values else None

@@ -25,9 +25,11 @@ Usage:
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_utils
 
 import keras_ambient.utils.backend_choice  # noqa: E402,F401  (first: picks a backend if none is set)
 import keras  # noqa: E402
@@ -36,6 +38,8 @@ import numpy as np  # noqa: E402
 import keras_ambient as ka  # noqa: E402
 from keras_ambient.evaluation import images as ev  # noqa: E402
 from keras_ambient.utils.defaults import suggest_sigma_data  # noqa: E402
+
+import bench_utils as bu  # noqa: E402
 
 SIGMA_N = 0.2
 
@@ -112,8 +116,8 @@ def main(args):
     for mode, kwargs in (("full", dict(mode="full", sigma_min=0.05)), ("truncated", dict(mode="truncated"))):
         rows = np.asarray([measure(model.generate(n, seed=s, batch_size=n, **kwargs))
                            for s in range(args.sets)])
-        results[mode] = {"mean": rows.mean(0).tolist(), "std": rows.std(0, ddof=1).tolist() if args.sets > 1
-                         else [0.0] * 3}
+        mean, std = bu.mean_std(rows)
+        results[mode] = {"mean": mean.tolist(), "std": std.tolist()}
     print(f"training: {train_s:.0f} s ({t1 - t0:.0f} s of it ambient-only); "
           f"{args.sets} sample sets of {n} per mode, mean ± std:")
     print(f"{'mode':<10} {'resid_noise':>15} {'FD_pca':>15} {'FD_clf':>15}")

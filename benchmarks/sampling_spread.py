@@ -26,13 +26,17 @@ Usage:
 import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_utils
 
 import numpy as np  # noqa: E402
 
 import keras_ambient as ka  # noqa: E402
 from keras_ambient.evaluation import images as ev  # noqa: E402
+
+import bench_utils as bu  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -113,15 +117,14 @@ def main(args):
     for name, values in list(rows.items()) + [("noisy training data", noisy),
                                               ("noisy data denoised, D(y; sigma_n)", denoised)]:
         a = np.asarray(values)
-        mean, std = a.mean(axis=0), a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
+        mean, std = bu.mean_std(a)
         summary[name] = {"mean": mean.tolist(), "std": std.tolist(), "sets": a.tolist()}
         print(f"{name:<36} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(mean, std)))
     full, trunc = np.asarray(rows["full"]), np.asarray(rows["truncated"])
-    diff = full - trunc
-    diff_std = diff.std(0, ddof=1) if len(diff) > 1 else np.zeros(diff.shape[1])
+    diff_mean, diff_std = bu.mean_std(full - trunc)
     print("\nfull - truncated, paired by sampling seed (mean ± std): "
           + ", ".join(f"{k} {m:+.3f} ± {s:.3f}" for k, m, s in
-                      zip(names, diff.mean(0), diff_std)))
+                      zip(names, diff_mean, diff_std)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "final_sigma": args.final_sigma, "columns": names,

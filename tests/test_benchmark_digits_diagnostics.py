@@ -13,6 +13,17 @@ from tests.harness import load_benchmark
 
 
 @pytest.mark.one_backend
+def test_mean_std_over_sets():
+    bu = load_benchmark("bench_utils")
+    mean, std = bu.mean_std([[1.0, 4.0], [3.0, 4.0], [5.0, 4.0]])
+    np.testing.assert_allclose(mean, [3.0, 4.0])
+    np.testing.assert_allclose(std, [2.0, 0.0])  # sample std (ddof=1): sqrt((4 + 0 + 4) / 2)
+    mean, std = bu.mean_std([[0.5, 2.0]])  # one set: no spread to estimate
+    np.testing.assert_allclose(mean, [0.5, 2.0])
+    np.testing.assert_array_equal(std, [0.0, 0.0])
+
+
+@pytest.mark.one_backend
 def test_equal_weights_give_the_plain_gaussian_statistics():
     spread = load_benchmark("sampling_spread")
     f = np.random.default_rng(0).normal(size=(50, 3)) * [1.0, 2.0, 0.5] + [1.0, 0.0, -1.0]

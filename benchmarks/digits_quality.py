@@ -81,6 +81,9 @@ def parse_args(argv=None):
                    help="consistency_target of ambient_cons (default: the library's)")
     p.add_argument("--start-step", type=float, default=None,
                    help="consistency_start_step of ambient_cons, as a fraction of --steps")
+    p.add_argument("--consistency-interval", type=int, default=None,
+                   help="consistency_interval of ambient_cons (default: the library's; 1 = every "
+                        "step, the default before 2026-12-07)")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default: the library's)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--num-res-blocks", type=int, default=1)
@@ -230,6 +233,8 @@ def train_and_sample(name, sigma, seed, args, x_train, model_sigma_n=None, extra
             loss_kwargs["consistency_target"] = args.target
         if args.start_step is not None:
             loss_kwargs["consistency_start_step"] = int(args.start_step * args.steps)
+        if args.consistency_interval is not None:
+            loss_kwargs["consistency_interval"] = args.consistency_interval
     if args.ema_decay is not None:
         loss_kwargs["ema_decay"] = args.ema_decay
     model = ka.AmbientDiffusion(net, sigma_n=cfg["model_sigma_n"], consistency_weight=cfg["consistency_weight"],

@@ -53,7 +53,8 @@ BASE = dict(steps=3000, batch=256, lr=2e-3, hidden=64, blocks=2, ema=None,
 # Loss settings: None means "the library default" (read from the source).
 LOSS_KEYS = dict(weighting=None, max_weight_ratio=None, cw=None, start=None, num_steps=None,
                  s_dist=None, max_gap=None, sg_target=None, chain=None, spacing=None, start_scale=None,
-                 batch_fraction=None, target=None, start_step=None, p_mean=None, p_std=None)
+                 batch_fraction=None, target=None, start_step=None, p_mean=None, p_std=None,
+                 interval=None)
 
 
 # ----------------------------------------------------------------- one run
@@ -87,6 +88,8 @@ def build_model(kind, cfg, seed):
             kwargs["consistency_target"] = cfg["target"]
         if cfg.get("start_step") is not None:
             kwargs["consistency_start_step"] = int(cfg["start_step"] * cfg["steps"])
+        if cfg.get("interval") is not None:
+            kwargs["consistency_interval"] = cfg["interval"]
     else:
         kwargs["consistency_weight"] = 0.0
     if cfg.get("ema") is not None:
@@ -340,6 +343,8 @@ def main(argv=None):
     p.add_argument("--target", choices=("online", "ema"), default=None, help="consistency_target")
     p.add_argument("--start-step", type=float, default=None,
                    help="consistency_start_step as a fraction of --steps")
+    p.add_argument("--interval", type=int, default=None,
+                   help="consistency_interval (the consistency loss on one step in this many)")
     p.add_argument("--summary-line", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sigma_ns = [float(v) for v in args.sigma_n.split(",")]

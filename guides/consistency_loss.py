@@ -125,8 +125,10 @@ so a step costs 3 network evaluations instead of 1), how `s` is drawn below `t`
 (`batch_fraction`), and whether gradients flow into the target
 (`stop_gradient_target`, keep it `True`: a gradient into the target made
 training diverge in the reference measurements). The model adds
-`consistency_target="ema"` (the EMA network as teacher) and
-`consistency_start_step` (ambient-only training first).
+`consistency_target="ema"` (the EMA network as teacher),
+`consistency_start_step` (ambient-only training first) and
+`consistency_interval` (the loss on one step in `k`, with `k` times its weight;
+the default runs it on one step in three).
 """
 
 
@@ -161,7 +163,11 @@ for name, sigma_n, weight in [
 """
 The cost: the consistency term runs a reverse chain (network evaluations
 without gradient) and two evaluations with gradient, on a quarter of each batch
-by default, so a step costs roughly twice an ambient-only step.
+by default. A step with it costs two to three times an ambient-only step, so by
+default it runs on one step in three (`consistency_interval=3`, with three times
+its weight; the other steps are compiled without it), and the mean step costs
+well under twice an ambient-only one. `consistency_interval=1` runs it on every
+step (docs/consistency.md §2 measures both).
 """
 
 print(f"consistency cost: {timings['consistent'] / timings['ambient']:.2f}x per step")

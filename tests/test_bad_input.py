@@ -55,6 +55,7 @@ CONSTRUCTORS = {
         "lora_alpha": [-1.0, "a"],
         "consistency_target": ["teacher", None],
         "consistency_start_step": [-1, 1.5],
+        "consistency_interval": [0, -2, 1.5],
     }),
     ka.callbacks.BackupAndRestore: (lambda: {"backup_dir": "backup"}, {
         "backup_dir": [None, 3, ""],

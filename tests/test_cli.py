@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_ambient as ka
 from keras_ambient import cli
 from keras_ambient.utils.images import read_png, write_png
 
@@ -45,6 +46,7 @@ def test_help_lists_commands(capsys):
     [
         (["train", "digits", "--sigma-n", "-1"], "expected a number >= 0 or 'auto'"),
         (["train", "digits", "--epochs", "0"], "expected a positive integer"),
+        (["train", "digits", "--consistency-interval", "0"], "expected a positive integer"),
         (["train", "digits", "--channel-multipliers", "1,x"], "comma-separated"),
         (["train", "digits", "--backend", "numpy"], "invalid choice"),
         (["sample", "m.keras", "--mode", "sideways"], "invalid choice"),
@@ -164,12 +166,14 @@ def test_train_and_sample_vectors(capsys, tmp_path):
         capsys, "train", tmp_path / "v.npz", "--epochs", "2", "--batch-size", "32",
         "--hidden-units", "16", "--grid-steps", "2", "--grid-every", "1", "--checkpoint-every", "1",
         "--grid-samples", "8", "--output-dir", out_dir, "--verbose", "0",
-        "--backend", keras.backend.backend(),
+        "--backend", keras.backend.backend(), "--consistency-interval", "2",
     )
     assert status == 0, err
     assert "per-sample levels" in out
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["sigma_n"] == pytest.approx(0.3)
+    assert metrics["consistency_interval"] == 2
+    assert ka.models.load_model(out_dir / "model.keras").consistency_interval == 2
     assert metrics["epochs"] == 2 and metrics["steps"] == 4
     assert len(metrics["history"]["loss"]) == 2 and np.isfinite(metrics["history"]["loss"]).all()
     assert metrics["backend"] == keras.backend.backend()
@@ -194,8 +198,6 @@ def test_train_and_sample_vectors(capsys, tmp_path):
     status, _, err = run(capsys, "sample", out_dir / "model.keras", "--num", "5", "--steps", "3",
                          "--out", tmp_path / "m.npz", "--verbose", "0", "--sigma-min", "0.05")
     assert status == 0, err
-    import keras_ambient as ka
-
     expected = ka.models.load_model(out_dir / "model.keras").generate(5, num_steps=3, seed=0, sigma_min=0.05)
     np.testing.assert_allclose(np.load(tmp_path / "m.npz")["x"], expected, atol=1e-5)
     assert not np.allclose(expected, s1, atol=1e-3)  # the last level matters

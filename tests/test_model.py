@@ -27,7 +27,7 @@ def mixture_data(n=256, sigma=SIGMA_N, seed=0):
 
 
 def test_fit_logs_losses_and_counts_ema_steps():
-    model = small_model(consistency_weight=0.5)
+    model = small_model(consistency_weight=0.5, consistency_interval=1)
     history = model.fit(mixture_data(), batch_size=64, epochs=2, verbose=0)
     logs = history.history
     assert {"loss", "ambient_loss", "consistency_loss"} <= set(logs)
@@ -36,22 +36,84 @@ def test_fit_logs_losses_and_counts_ema_steps():
     assert int(to_numpy(model.ema_step)) == 8  # 2 epochs x 4 batches
 
 
+class _PerStepLogs(keras.callbacks.Callback):
+    """The logs of each training step. Keras logs running means over the epoch,
+    so fit one batch per epoch to read per-step values."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs))
+
+
 def test_consistency_starts_after_the_ambient_only_phase():
-    """Before `consistency_start_step` the total loss is the ambient loss alone;
-    after it, ambient + weight x consistency (logged per step)."""
-    model = small_model(consistency_weight=0.5, consistency_start_step=4)
-    per_step = []
-
-    class Log(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            per_step.append(dict(logs))
-
-    # Keras logs running means over the epoch: one batch per epoch gives per-step values.
-    model.fit(mixture_data(64), batch_size=64, epochs=6, verbose=0, callbacks=[Log()])
-    for i, logs in enumerate(per_step):
-        assert logs["consistency_loss"] != 0.0
+    """Before `consistency_start_step` the total loss is the ambient loss alone and
+    the consistency loss is not computed (a train function without its chains);
+    after it, ambient + weight x consistency."""
+    model = small_model(consistency_weight=0.5, consistency_start_step=4, consistency_interval=1)
+    log = _PerStepLogs()
+    model.fit(mixture_data(64), batch_size=64, epochs=6, verbose=0, callbacks=[log])
+    for i, logs in enumerate(log.logs):
+        assert (logs["consistency_loss"] != 0.0) == (i >= 4), i  # a Mean of no values reads 0
         expected = logs["ambient_loss"] + (0.5 * logs["consistency_loss"] if i >= 4 else 0.0)
         assert logs["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6), i
+
+
+def test_the_step_count_is_read_after_callbacks_restore_the_weights():
+    """A resumed run (BackupAndRestore restores `ema_step` in `on_train_begin`)
+    past `consistency_start_step` runs the consistency loss from its first step."""
+    model = small_model(consistency_weight=0.5, consistency_start_step=4, consistency_interval=1)
+
+    class Restore(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.ema_step.assign(5)
+
+    log = _PerStepLogs()
+    model.fit(mixture_data(64), batch_size=64, epochs=2, verbose=0, callbacks=[Restore(), log])
+    assert [logs["consistency_loss"] != 0.0 for logs in log.logs] == [True, True]
+    assert int(to_numpy(model.ema_step)) == 7
+
+
+def test_consistency_interval_runs_the_loss_on_one_step_in_k_with_k_times_the_weight(tmp_path):
+    """`consistency_interval=3` from `consistency_start_step=2`: steps 2, 5, 8, ...
+    run the consistency loss with weight 3 x 0.5, the others the ambient loss
+    alone; a second `fit` continues the count (read from `ema_step`), and the
+    setting survives saving."""
+    model = small_model(consistency_weight=0.5, consistency_start_step=2, consistency_interval=3)
+    log = _PerStepLogs()
+    model.fit(mixture_data(64), batch_size=64, epochs=4, verbose=0, callbacks=[log])
+    model.fit(mixture_data(64), batch_size=64, epochs=5, verbose=0, callbacks=[log])
+    assert len(log.logs) == 9
+    for i, logs in enumerate(log.logs):
+        runs = i in (2, 5, 8)
+        assert (logs["consistency_loss"] != 0.0) == runs, i
+        expected = logs["ambient_loss"] + (1.5 * logs["consistency_loss"] if runs else 0.0)
+        assert logs["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6), i
+
+    # Within one epoch of 9 steps (steps 9..17): 11, 14 and 17 run it.
+    model.fit(mixture_data(9 * 64), batch_size=64, epochs=1, verbose=0)
+    assert float(to_numpy(model.consistency_loss_tracker.count)) == 3.0
+    assert int(to_numpy(model.ema_step)) == 18
+
+    path = os.path.join(str(tmp_path), "m.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.consistency_interval == 3
+    assert restored.get_config()["consistency_interval"] == 3
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch trains one step per call")
+def test_consistency_interval_counts_calls_of_steps_per_execution_steps():
+    """With `steps_per_execution=2` and `consistency_interval=2`, the calls of steps
+    (0, 1) and (4, 5) run the consistency loss, (2, 3) does not: 4 of 6 steps
+    (one step in two would give 3)."""
+    model = small_model(consistency_weight=0.5, consistency_interval=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=2)
+    model.fit(mixture_data(6 * 64), batch_size=64, epochs=1, verbose=0)
+    assert float(to_numpy(model.consistency_loss_tracker.count)) == 4.0
+    assert int(to_numpy(model.ema_step)) == 6
 
 
 def test_ema_consistency_target_trains_and_round_trips(tmp_path):

@@ -112,6 +112,9 @@ def build_parser():
     t.add_argument("--consistency-weight", type=_non_negative_float, default=None,
                    help="weight of the consistency loss (default: the library's, "
                    "ka.AmbientDiffusion's consistency_weight; 0 disables it: faster, truncated sampling only)")
+    t.add_argument("--consistency-interval", type=_positive_int, default=None,
+                   help="the consistency loss on one step in this many, with this many times its weight "
+                   "(default: the library's, ka.AmbientDiffusion's consistency_interval)")
     t.add_argument("--sigma-data", type=_float_or_auto, default="auto",
                    help="std of the clean data, or 'auto' = sqrt(var(y) - sigma_n^2) (default)")
     t.add_argument("--base-channels", type=_positive_int, default=32, help="UNet width (default 32)")

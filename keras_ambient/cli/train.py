@@ -126,6 +126,8 @@ def cmd_train(args):
 
     network = _build_network(tuple(y.shape[1:]), args)
     weight = {} if args.consistency_weight is None else {"consistency_weight": args.consistency_weight}
+    if args.consistency_interval is not None:
+        weight["consistency_interval"] = args.consistency_interval
     model = ka.AmbientDiffusion(network, sigma_n=sigma_n, sigma_data=sigma_data, seed=args.seed, **weight)
     batch_size = min(args.batch_size, len(y))
     steps_per_epoch = int(math.ceil(len(y) / batch_size))
@@ -186,6 +188,7 @@ def cmd_train(args):
         backend=keras.backend.backend(),
         keras_ambient_version=ka.__version__,
         consistency_weight=model.consistency_weight,
+        consistency_interval=model.consistency_interval,
         epochs=epochs,
         steps=epochs * steps_per_epoch,
         batch_size=batch_size,

@@ -14,7 +14,7 @@ from keras_ambient.pretrained.lora import enable_lora
 from keras_ambient.losses.ambient_loss import AmbientLoss
 from keras_ambient.losses.consistency_loss import ConsistencyLoss
 from keras_ambient.utils import backend_fast_paths, batches
-from keras_ambient.utils.train_step import train_step_then
+from keras_ambient.utils.train_step import train_functions_by_phase, train_step_then
 from keras_ambient.utils.structures import condition_length, denoiser_inputs, pad_condition, slice_condition
 from keras_ambient.utils.distribute import scale_loss_for_replicas
 from keras_ambient.utils.seeding import SavedSeedGenerator
@@ -127,7 +127,18 @@ class AmbientDiffusion(keras.Model):
         consistency_start_step: training steps of ambient-only training
             before the consistency loss is switched on (the consistency
             target `D(y; sigma_n)` is learned by the ambient loss first).
-            Steps are counted by `ema_step` (`reset_ema` restarts it).
+            Steps are counted by `ema_step` (`reset_ema` restarts it). These
+            steps run without the consistency loss's reverse chains, so they
+            cost what a step of `consistency_weight=0` costs.
+        consistency_interval: run the consistency loss on one training step
+            in every `consistency_interval`, with its weight multiplied by
+            `consistency_interval` (lazy regularization, as StyleGAN2's R1
+            term), so the expected update is unchanged; the other steps are
+            ambient-only and cost what a step without consistency costs. With
+            `steps_per_execution > 1`, one call of that many steps in every
+            `consistency_interval` runs it; 1 runs it on every step. The
+            default, 3, is chosen by measurement (docs/consistency.md §2):
+            per unit of training time it trains as well as every step.
         ema_decay: decay of the weight EMA (`None` disables it). A warm-up
             `min(ema_decay, (1 + step) / (10 + step))` makes early averages
             follow the weights (EMA = weights at step 0).
@@ -169,6 +180,9 @@ class AmbientDiffusion(keras.Model):
         - Karras, Aittala, Aila, Laine. "Elucidating the Design Space of
           Diffusion-Based Generative Models" (EDM). NeurIPS 2022,
           arXiv:2206.00364.
+        - Karras, Laine, Aittala, Hellsten, Lehtinen, Aila. "Analyzing and
+          Improving the Image Quality of StyleGAN". CVPR 2020, arXiv:1912.04958
+          (lazy regularization: `consistency_interval`).
         - docs/method.md (M1-M5, in this repository).
     """
 
@@ -176,7 +190,7 @@ class AmbientDiffusion(keras.Model):
                  ambient_loss=None, consistency_loss=None, ema_decay=0.999,
                  sigma_min=0.002, sigma_max=80.0, data_shape=None, seed=None,
                  lora_rank=None, lora_alpha=None, consistency_target="online",
-                 consistency_start_step=0, **kwargs):
+                 consistency_start_step=0, consistency_interval=3, **kwargs):
         super().__init__(**kwargs)
         self.sigma_min = check_scalar("sigma_min", sigma_min, minimum=0, min_inclusive=False)
         self.sigma_max = check_scalar("sigma_max", sigma_max, minimum=self.sigma_min, min_inclusive=False)
@@ -210,6 +224,11 @@ class AmbientDiffusion(keras.Model):
             )
         self.consistency_start_step = check_int("consistency_start_step", consistency_start_step,
                                                 minimum=0)
+        self.consistency_interval = check_int("consistency_interval", consistency_interval, minimum=1)
+        # Which train function is running (`make_train_function`): None (every step
+        # runs the consistency loss), True (this step does), False (this step does not).
+        self._consistency_phase = None
+        self._steps_started = None
         self.ambient_loss = ambient_loss
         self.consistency_loss = consistency_loss
         self.seed = seed
@@ -337,6 +356,46 @@ class AmbientDiffusion(keras.Model):
         args = args[:-1] + (batches.as_keras_batch(args[-1]),)
         return super().test_step(*args)
 
+    def make_train_function(self, force=False):
+        """Keras's train function; two of them when some steps skip the consistency loss.
+
+        With `consistency_start_step` or `consistency_interval > 1`, steps
+        without the consistency loss run a train function compiled without its
+        reverse chains (so they cost what an ambient-only step costs) and the
+        others one compiled with them; a Python step count picks the function
+        of each call.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        self._consistency_phase = None
+        if self.consistency_weight == 0 or (self.consistency_interval == 1
+                                            and self.consistency_start_step == 0):
+            super().make_train_function(force=True)
+            return self.train_function
+        functions = train_functions_by_phase(self, super().make_train_function, (True, False))
+        self._steps_started = None
+
+        def train_function(*args):
+            if self._steps_started is None:  # `train_on_batch` (`fit` reads it in _ReadStepCount)
+                self._steps_started = int(ops.convert_to_numpy(self.ema_step))
+            self._consistency_phase = self._runs_consistency(self._steps_started)
+            try:
+                return functions[self._consistency_phase](*args)
+            finally:
+                self._consistency_phase = None
+                self._steps_started += self.steps_per_execution
+
+        self.train_function = train_function
+        return train_function
+
+    def _runs_consistency(self, step):
+        """Whether the call whose first step is `step` (counted from 0) runs the consistency loss."""
+        per_call = self.steps_per_execution
+        if step + per_call <= self.consistency_start_step:
+            return False  # all of the call's steps come before the start
+        calls = max(step - self.consistency_start_step, 0) // per_call
+        return calls % self.consistency_interval == 0
+
     def _batch_sigma_n(self, data, sigma_n):
         batch = ops.shape(data)[0]
         if sigma_n is None:
@@ -391,6 +450,8 @@ class AmbientDiffusion(keras.Model):
             consistency = (ops.sum(ops.where(weight_c > 0, cons, 0.0) * weight_c)
                            / ops.maximum(ops.sum(weight_c), 1e-12))
             lam = self.consistency_weight
+            if training and self._consistency_phase:
+                lam = lam * self.consistency_interval  # lazy: one step in `consistency_interval`
             if self.consistency_start_step > 0 and training:
                 # `ema_step` counts training steps (a model variable, so it is part of
                 # the jitted state on every backend; the optimizer's is not on JAX).
@@ -414,10 +475,11 @@ class AmbientDiffusion(keras.Model):
         """
         seed = self.seed_generator if seed is None else seed
         teacher = self.ema_denoiser if self.consistency_target == "ema" else None
-        if self.consistency_weight == 0 or self.consistency_loss.start == "ambient":
+        skip = self.consistency_weight == 0 or (training and self._consistency_phase is False)
+        if skip or self.consistency_loss.start == "ambient":
             amb = self.ambient_loss(self.denoiser, data, sigma_n, condition=condition, seed=seed,
                                     training=training)
-            if self.consistency_weight == 0:
+            if skip:
                 return amb, None
             return amb, self.consistency_loss(self.denoiser, data, sigma_n, ambient_output=amb,
                                               condition=condition, seed=seed, training=training,
@@ -661,9 +723,11 @@ class AmbientDiffusion(keras.Model):
         elif _is_array(val) or isinstance(val, dict):
             kw["validation_data"] = (self._standardize_inputs(val, None, "validation_data")[0],)
         self._build_before_keras()
+        self._steps_started = None  # the step count that picks the train function: read again
         callbacks = list(kw.pop("callbacks", None) or [])
         if not any(isinstance(c, TerminateOnNonFinite) for c in callbacks):
             callbacks.append(TerminateOnNonFinite())
+        callbacks.append(_ReadStepCount())
         return super().fit(x, y, callbacks=callbacks, **kw)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -933,6 +997,7 @@ class AmbientDiffusion(keras.Model):
             "lora_alpha": self.lora_alpha,
             "consistency_target": self.consistency_target,
             "consistency_start_step": self.consistency_start_step,
+            "consistency_interval": self.consistency_interval,
             VERSION_KEY: __version__,
         }
 
@@ -943,6 +1008,18 @@ class AmbientDiffusion(keras.Model):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+class _ReadStepCount(keras.callbacks.Callback):
+    """Reads `ema_step` into the step count that picks the train function
+    (`make_train_function`) once per `fit`, before its first step: after
+    callbacks such as BackupAndRestore have restored the weights in
+    `on_train_begin`, and before JAX's trainer takes the variables' values
+    into its state for the epoch (Keras 3.15)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.model._steps_started is None:
+            self.model._steps_started = int(ops.convert_to_numpy(self.model.ema_step))
 
 
 def _check_clip_range(clip_denoised):

@@ -48,3 +48,39 @@ def train_step_then(model, parent_train_step, args, after):
         new = scope.get_current_value(variable)
         updated.append(value if new is None else new)
     return logs, (trainable, updated, optimizer_values, metrics_values)
+
+
+def train_functions_by_phase(model, make_train_function, phases):
+    """One compiled train function per phase of the model's training step.
+
+    A phase is a Python value that `train_step` reads while it is traced (e.g.
+    "this step runs the consistency loss"). Each phase gets its own function
+    from the backend's `make_train_function`, traced with its own step
+    function: JAX caches traces by the traced function, so two `jit`s of the
+    one bound `train_step` would share a trace; a closure per phase does not.
+    The caller sets the phase the model reads before calling a function (its
+    first call traces it; torch's eager step reads the phase at every call).
+
+    Args:
+        model: the Keras model.
+        make_train_function: the bound `super().make_train_function`.
+        phases: the phase values.
+
+    Returns:
+        A dict from phase to the train function Keras built for it.
+    """
+    functions = {}
+    step = type(model).train_step
+    for phase in phases:
+        def phase_step(*args):  # a new function object per phase (JAX's trace cache)
+            return step(model, *args)
+
+        # The trainers build from `self.train_step` (Keras 3.15: JAX jits it, TensorFlow
+        # wraps it in a tf.function; torch calls `self.train_step` at each step).
+        object.__setattr__(model, "train_step", phase_step)
+        try:
+            make_train_function(force=True)
+        finally:
+            object.__delattr__(model, "train_step")
+        functions[phase] = model.train_function
+    return functions

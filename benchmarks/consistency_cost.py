@@ -47,8 +47,9 @@ def worker(args):
     if args.generic:
         # The same consistency model with utils/backend_fast_paths off: the chain's
         # network calls go through Keras's eager call (on torch: no traced call).
-        settings.append((f"consistency (batch_fraction {args.fractions[0]:g}, generic path)", 1.0,
-                         args.fractions[0], 1))
+        k = args.intervals[0]
+        settings.append((f"consistency (batch_fraction {args.fractions[0]:g}"
+                         + (f", interval {k}" if k > 1 else "") + ", generic path)", 1.0, args.fractions[0], k))
     models = {}
     for name, cw, fraction, interval in settings:
         keras.utils.set_random_seed(0)

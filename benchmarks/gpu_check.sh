@@ -8,7 +8,8 @@
 #   2. runs a fast subset of the tests on JAX and torch (-m "not slow" and a -k
 #      selection: sampling, generate/denoise, the fast paths, the torch reference);
 #   3. prints the training throughput table (32x32 U-Net, batch 128, float32 and
-#      mixed_bfloat16, with and without consistency) and the sampling table
+#      mixed_bfloat16, with and without consistency: with the library's default of
+#      the consistency loss on one step in three, the mean step) and the sampling table
 #      (Heun 18/40, 128 images) of the Keras backends against plain PyTorch on the
 #      same GPU, in the format of benchmarks/speed.py and sampling_speed.py.
 # Every stage has a time limit, taken from what is left of GPU_CHECK_BUDGET (470 s;

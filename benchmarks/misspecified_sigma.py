@@ -15,7 +15,7 @@ benchmarks' models, budgets and metrics (no copies):
   not told about);
 - the digits (`benchmarks/digits_quality.py`: U-Net 16 channels, 800 steps x
   64 instead of 1600, to fit a CPU budget): by default the ambient model
-  without consistency (cw = 0, 3x cheaper per step), sampled truncated and
+  without consistency (cw = 0, cheaper per step), sampled truncated and
   full with the levels ending at 0.05 (as the main job); `--digits-models
   truncated,ambient_cons` adds the consistency model (full and truncated).
   Residual noise (calibrated on clean test digits: ~0 on clean data), FD_pca

@@ -12,7 +12,9 @@ Prints tables (and, with `--json out.json`, writes every measurement) for:
    steps/s with the other setting (torch: `torch.compile`, in its own process
    with a timeout); on JAX also `fit` without `TerminateOnNonFinite`;
 3. `consistency`: steps/s with `consistency_weight=1` (library defaults, and
-   the cheap `start="ambient", num_steps=1`) vs `0`;
+   the cheap `start="ambient", num_steps=1`) vs `0`; with the default
+   `consistency_interval=3` the steps/s are the mean over steps, one in three
+   with the loss;
 4. `memory`: peak host RSS (and device peak on a GPU) of a training step.
 
 Sampling speed is measured by benchmarks/sampling_speed.py.

@@ -74,8 +74,10 @@ def make_model(args, seed=0):
         net = ka.networks.UNet(
             image_shape=(8, 8, 1), base_channels=32, channel_multipliers=(1, 2), seed=0
         )
+    # The consistency loss on every step: `--check` compares fit's first step with
+    # one `compute_loss` call, which has no lazy (one step in k) weighting.
     model = ka.AmbientDiffusion(
-        net, sigma_n=args.sigma_n, consistency_weight=1.0, seed=seed
+        net, sigma_n=args.sigma_n, consistency_weight=1.0, consistency_interval=1, seed=seed
     )
     model.compile(optimizer=keras.optimizers.Adam(2e-4))
     return model

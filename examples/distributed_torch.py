@@ -72,8 +72,10 @@ def make_model(args, data_shape):
         net = ka.networks.UNet(
             image_shape=data_shape, base_channels=32, channel_multipliers=(1, 2), seed=0
         )
+    # The loop below calls `compute_loss` itself, which runs the consistency loss on
+    # every step (`consistency_interval` applies to `fit`/`train_on_batch`): say so.
     model = ka.AmbientDiffusion(
-        net, sigma_n=args.sigma_n, consistency_weight=1.0, seed=0
+        net, sigma_n=args.sigma_n, consistency_weight=1.0, consistency_interval=1, seed=0
     )
     model.compile(optimizer=keras.optimizers.Adam(2e-4))
     model.build((None,) + tuple(data_shape))

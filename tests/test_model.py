@@ -63,7 +63,8 @@ def test_consistency_starts_after_the_ambient_only_phase():
 
 def test_the_step_count_is_read_after_callbacks_restore_the_weights():
     """A resumed run (BackupAndRestore restores `ema_step` in `on_train_begin`)
-    past `consistency_start_step` runs the consistency loss from its first step."""
+    past `consistency_start_step` runs the consistency loss from its first step,
+    and `consistency_interval` keeps its phase."""
     model = small_model(consistency_weight=0.5, consistency_start_step=4, consistency_interval=1)
 
     class Restore(keras.callbacks.Callback):
@@ -74,6 +75,12 @@ def test_the_step_count_is_read_after_callbacks_restore_the_weights():
     model.fit(mixture_data(64), batch_size=64, epochs=2, verbose=0, callbacks=[Restore(), log])
     assert [logs["consistency_loss"] != 0.0 for logs in log.logs] == [True, True]
     assert int(to_numpy(model.ema_step)) == 7
+
+    # One step in three, counted from the restored step 5: step 6 runs it (not step 5+1=0+1).
+    model = small_model(consistency_weight=0.5, consistency_interval=3)
+    log = _PerStepLogs()
+    model.fit(mixture_data(64), batch_size=64, epochs=3, verbose=0, callbacks=[Restore(), log])
+    assert [logs["consistency_loss"] != 0.0 for logs in log.logs] == [False, True, False]
 
 
 def test_consistency_interval_runs_the_loss_on_one_step_in_k_with_k_times_the_weight(tmp_path):
@@ -102,6 +109,24 @@ def test_consistency_interval_runs_the_loss_on_one_step_in_k_with_k_times_the_we
     restored = keras.models.load_model(path)
     assert restored.consistency_interval == 3
     assert restored.get_config()["consistency_interval"] == 3
+
+
+def test_consistency_interval_with_train_on_batch_and_configs_from_before_it():
+    """`train_on_batch` follows `ema_step` (steps 0 and 3 of four run the loss, also
+    after `ema_step` is set back); a config without the key (saved before 0.3.0)
+    loads with the loss on every step, as it was trained."""
+    model = small_model(consistency_weight=0.5, consistency_interval=3)
+    y = mixture_data(64)
+    runs = [model.train_on_batch(y, return_dict=True)["consistency_loss"] != 0.0 for _ in range(4)]
+    assert runs == [True, False, False, True]
+    model.ema_step.assign(2)
+    runs = [model.train_on_batch(y, return_dict=True)["consistency_loss"] != 0.0 for _ in range(2)]
+    assert runs == [False, True]
+
+    config = model.get_config()
+    assert config["consistency_interval"] == 3
+    del config["consistency_interval"]
+    assert ka.AmbientDiffusion.from_config(config).consistency_interval == 1
 
 
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch trains one step per call")

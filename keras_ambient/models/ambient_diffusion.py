@@ -139,6 +139,10 @@ class AmbientDiffusion(keras.Model):
             `consistency_interval` runs it; 1 runs it on every step. The
             default, 3, is chosen by measurement (docs/consistency.md §2):
             per unit of training time it trains as well as every step.
+            Applies to `fit` and `train_on_batch`; a custom training loop
+            that calls `compute_loss` itself gets the loss on every step with
+            weight `consistency_weight`. Models saved before keras_ambient
+            0.3.0 load with 1, as they were trained.
         ema_decay: decay of the weight EMA (`None` disables it). A warm-up
             `min(ema_decay, (1 + step) / (10 + step))` makes early averages
             follow the weights (EMA = weights at step 0).
@@ -380,10 +384,13 @@ class AmbientDiffusion(keras.Model):
                 self._steps_started = int(ops.convert_to_numpy(self.ema_step))
             self._consistency_phase = self._runs_consistency(self._steps_started)
             try:
-                return functions[self._consistency_phase](*args)
+                logs = functions[self._consistency_phase](*args)
             finally:
                 self._consistency_phase = None
-                self._steps_started += self.steps_per_execution
+            # Only a call that ran counts (not one that ends a dataset with StopIteration);
+            # a short last call of `steps_per_execution` is set right by the next epoch's read.
+            self._steps_started += self.steps_per_execution
+            return logs
 
         self.train_function = train_function
         return train_function
@@ -730,6 +737,10 @@ class AmbientDiffusion(keras.Model):
         callbacks.append(_ReadStepCount())
         return super().fit(x, y, callbacks=callbacks, **kw)
 
+    def train_on_batch(self, *args, **kwargs):
+        self._steps_started = None  # one step: the count is read from `ema_step` again
+        return super().train_on_batch(*args, **kwargs)
+
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """Keras's `evaluate`, with `fit`'s data formats and checks."""
         kw = _bind_keras_args(keras.Model.evaluate, x, y, args, kwargs)
@@ -1004,6 +1015,9 @@ class AmbientDiffusion(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = check_saved_config(cls, config)  # version stamp, unknown keys
+        # Files from before 0.3.0 have no `consistency_interval`: they trained with the
+        # consistency loss on every step, and go on so.
+        config.setdefault("consistency_interval", 1)
         for key in ("network", "ambient_loss", "consistency_loss"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
@@ -1012,10 +1026,13 @@ class AmbientDiffusion(keras.Model):
 
 class _ReadStepCount(keras.callbacks.Callback):
     """Reads `ema_step` into the step count that picks the train function
-    (`make_train_function`) once per `fit`, before its first step: after
-    callbacks such as BackupAndRestore have restored the weights in
-    `on_train_begin`, and before JAX's trainer takes the variables' values
-    into its state for the epoch (Keras 3.15)."""
+    (`make_train_function`) at the first step of each epoch: after callbacks
+    such as BackupAndRestore have restored the weights in `on_train_begin`,
+    and before JAX's trainer takes the variables' values into its state for
+    the epoch (Keras 3.15; it writes them back at the epoch's end)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model._steps_started = None
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.model._steps_started is None:

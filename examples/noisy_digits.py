@@ -60,7 +60,10 @@ from keras_ambient.utils.defaults import suggest_sigma_data  # noqa: E402
 
 
 # Chosen so that `bash scripts/run_demo.sh` fits the 5-minute budget on 2 CPU cores (the
-# measured run is in the README); benchmarks/digits_quality.py trains the same model 1600 steps.
+# measured run is in the README): 2400 steps with the library's default of the consistency
+# loss on one step in three take less time than the 1300 steps with it on every step that the
+# main job trained before (docs/consistency.md §2). benchmarks/digits_quality.py trains the
+# same network 1600 steps.
 DEFAULT_STEPS = 2400
 
 

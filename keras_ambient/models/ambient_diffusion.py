@@ -372,16 +372,14 @@ class AmbientDiffusion(keras.Model):
         if self.train_function is not None and not force:
             return self.train_function
         self._consistency_phase = None
-        if self.consistency_weight == 0 or (self.consistency_interval == 1
-                                            and self.consistency_start_step == 0):
+        if not self._has_phases():
             super().make_train_function(force=True)
             return self.train_function
         functions = train_functions_by_phase(self, super().make_train_function, (True, False))
-        self._steps_started = None
 
         def train_function(*args):
             if self._steps_started is None:  # `train_on_batch` (`fit` reads it in _ReadStepCount)
-                self._steps_started = int(ops.convert_to_numpy(self.ema_step))
+                self._read_step_count()
             self._consistency_phase = self._runs_consistency(self._steps_started)
             try:
                 logs = functions[self._consistency_phase](*args)
@@ -394,6 +392,14 @@ class AmbientDiffusion(keras.Model):
 
         self.train_function = train_function
         return train_function
+
+    def _has_phases(self):
+        """Whether some training steps skip the consistency loss (two train functions)."""
+        return self.consistency_weight != 0 and (self.consistency_interval > 1
+                                                 or self.consistency_start_step > 0)
+
+    def _read_step_count(self):
+        self._steps_started = int(ops.convert_to_numpy(self.ema_step))
 
     def _runs_consistency(self, step):
         """Whether the call whose first step is `step` (counted from 0) runs the consistency loss."""
@@ -730,11 +736,11 @@ class AmbientDiffusion(keras.Model):
         elif _is_array(val) or isinstance(val, dict):
             kw["validation_data"] = (self._standardize_inputs(val, None, "validation_data")[0],)
         self._build_before_keras()
-        self._steps_started = None  # the step count that picks the train function: read again
         callbacks = list(kw.pop("callbacks", None) or [])
         if not any(isinstance(c, TerminateOnNonFinite) for c in callbacks):
             callbacks.append(TerminateOnNonFinite())
-        callbacks.append(_ReadStepCount())
+        if self._has_phases():
+            callbacks.append(_ReadStepCount())
         return super().fit(x, y, callbacks=callbacks, **kw)
 
     def train_on_batch(self, *args, **kwargs):
@@ -1036,7 +1042,7 @@ class _ReadStepCount(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.model._steps_started is None:
-            self.model._steps_started = int(ops.convert_to_numpy(self.model.ema_step))
+            self.model._read_step_count()
 
 
 def _check_clip_range(clip_denoised):

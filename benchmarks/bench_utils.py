@@ -68,10 +68,18 @@ def spawn(script, worker, task, argv, threads, timeout, tag="SPEED_JSON"):
     return records
 
 
+# Worker variants: "-generic" turns the library's backend fast paths off
+# (`generic_paths`); "-nhwc" builds the U-Nets channels last (`unet_kwargs`), the
+# layout every backend used before `UNet(data_format="auto")`.
+WORKER_VARIANTS = ("-generic", "-nhwc")
+
+
 def keras_backend_of(worker):
-    """`torch` for the workers `torch` and `torch-generic` (the latter with the
-    library's backend fast paths off: `generic_paths`)."""
-    return worker[: -len("-generic")] if worker.endswith("-generic") else worker
+    """`torch` for the workers `torch`, `torch-generic` and `torch-nhwc`."""
+    for suffix in WORKER_VARIANTS:
+        if worker.endswith(suffix):
+            return worker[: -len(suffix)]
+    return worker
 
 
 def generic_paths(worker):
@@ -120,10 +128,14 @@ UNET_PRESETS = {
 SIZE_NETS = {8: "digits8", 16: "img16", 32: "img32"}
 
 
-def unet_kwargs(net, base_channels):
-    """`ka.networks.UNet` (and `torch_reference.UNet`) keyword arguments of a preset."""
+def unet_kwargs(net, base_channels, worker=None):
+    """`ka.networks.UNet` (and `torch_reference.UNet`) keyword arguments of a preset;
+    for a `*-nhwc` worker, with `data_format="channels_last"`."""
     shape, multipliers = UNET_PRESETS[net]
-    return dict(image_shape=shape, base_channels=base_channels, channel_multipliers=multipliers)
+    kwargs = dict(image_shape=shape, base_channels=base_channels, channel_multipliers=multipliers)
+    if worker is not None and worker.endswith("-nhwc"):
+        kwargs["data_format"] = "channels_last"
+    return kwargs
 
 
 def data_shape(net):

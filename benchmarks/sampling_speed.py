@@ -59,12 +59,13 @@ def _keras_worker(args, out):
 
     import keras_ambient as ka
 
-    backend = bu.setup_threads(args.threads)
+    bu.setup_threads(args.threads)
+    backend = args.worker  # "torch-nhwc": channels-last U-Nets
     if args.dtype_policy != "float32":
         keras.config.set_dtype_policy(args.dtype_policy)
     for net in args.nets:
         n = _n(args, net)
-        network = ka.networks.UNet(**bu.unet_kwargs(net, args.base_channels), seed=0)
+        network = ka.networks.UNet(**bu.unet_kwargs(net, args.base_channels, args.worker), seed=0)
         model = ka.AmbientDiffusion(network=network, sigma_n=SIGMA_N, seed=0,
                                     data_shape=bu.data_shape(net))
         model.build()
@@ -166,7 +167,8 @@ def report(records, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default=",".join(bu.KERAS_BACKENDS))
+    parser.add_argument("--backends", default=",".join(bu.KERAS_BACKENDS),
+                        help="Keras backends; 'torch-nhwc' (etc.): U-Nets built channels last")
     parser.add_argument("--nets", default=",".join(NETS), help=f"subset of {','.join(NETS)}")
     parser.add_argument("--n", type=int, default=None,
                         help="images per call (default: digits8 32, img32 8)")

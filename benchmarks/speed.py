@@ -76,6 +76,7 @@ PRESETS = {
 # JAX with jit_compile=False dispatches every op from Python: minutes for a
 # U-Net step on CPU, so it is only measured on these nets.
 JAX_EAGER_NETS = ("mlp2d",)
+WORKER = None  # this process's worker name, in a worker ("torch-nhwc": channels-last U-Nets)
 
 
 # ------------------------------------------------------------ Keras side
@@ -90,7 +91,7 @@ def _keras_model(net, cfg, cw=0.0, jit_compile="auto", consistency=None):
         network = ka.networks.MLPDenoiser(data_dim=2, hidden_units=c["hidden_units"],
                                           num_blocks=3, seed=0)
     else:
-        network = ka.networks.UNet(**bu.unet_kwargs(net, c["base_channels"]))
+        network = ka.networks.UNet(**bu.unet_kwargs(net, c["base_channels"], WORKER))
     model = ka.AmbientDiffusion(
         network=network, sigma_n=SIGMA_N, sigma_data=SIGMA_DATA, consistency_weight=cw,
         consistency_loss=None if consistency is None else ka.losses.ConsistencyLoss(**consistency),
@@ -450,7 +451,8 @@ def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default=",".join(bu.KERAS_BACKENDS),
                         help="Keras backends; 'torch-generic' (etc.): that backend with "
-                        "keras_ambient's backend fast paths off (utils/backend_fast_paths.py)")
+                        "keras_ambient's backend fast paths off (utils/backend_fast_paths.py); "
+                        "'torch-nhwc' (etc.): U-Nets built channels last")
     parser.add_argument("--quick", action="store_true", help="few steps, small sizes")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
@@ -492,8 +494,10 @@ def _parse(argv):
 
 
 def main(argv=None):
+    global WORKER
     args, cfg = _parse(argv)
     if args.worker:
+        WORKER = args.worker
         return run_worker(args, cfg)
     repeats = args.repeats or cfg["repeats"]
     timeout = args.timeout or (300 if args.quick else 900)

@@ -299,3 +299,57 @@ def test_training_function_is_the_eager_function_off_torch_or_when_disabled(gene
                                keras.ops.convert_to_numpy(_call_denoiser(model.denoiser, x, s)[0]),
                                rtol=1e-6, atol=1e-6)
     assert not _traces(model.denoiser)
+
+
+# ------------------------------------------------------- group normalisation
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_channels_first_group_norm_equals_keras_layer_and_its_gradients(dtype):
+    """The U-Net's GroupNormalization over axis 1 (torch: one `group_norm` kernel) computes
+    Keras's layer: outputs, and on torch the gradients of the input, gamma and beta."""
+    from keras_ambient.networks.unet import GroupNormalization
+
+    rng = np.random.default_rng(0)
+    x = (1.5 + 2.0 * rng.normal(size=(3, 8, 4, 4))).astype("float32")
+    ours = GroupNormalization(4, axis=1, epsilon=1e-6, dtype=dtype)
+    ref = keras.layers.GroupNormalization(4, axis=1, epsilon=1e-6, dtype=dtype)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    weights = [1.0 + 0.3 * rng.normal(size=(8,)).astype("float32"), 0.3 * rng.normal(size=(8,)).astype("float32")]
+    ours.set_weights(weights)
+    ref.set_weights(weights)
+    xin = keras.ops.cast(x, dtype)
+    got, want = ours(xin), ref(xin)
+    assert keras.ops.dtype(got) == keras.ops.dtype(want) == dtype
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(got, "float32")),
+                               keras.ops.convert_to_numpy(keras.ops.cast(want, "float32")),
+                               rtol=tol, atol=tol)
+    # The closed form, in float64: per sample and group of 2 channels, standardised.
+    g = x.astype("float64").reshape(3, 4, 2 * 16)
+    norm = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-6)).reshape(x.shape)
+    expected = norm * weights[0][None, :, None, None] + weights[1][None, :, None, None]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(got, "float32")), expected,
+                               rtol=tol, atol=tol)
+    if keras.backend.backend() != "torch" or dtype != "float32":
+        return
+    import torch
+
+    cot = torch.as_tensor(rng.normal(size=x.shape).astype("float32"))
+    grads = []
+    for layer in (ours, ref):
+        xt = torch.as_tensor(x).requires_grad_(True)
+        (layer(xt) * cot).sum().backward()
+        grads.append([xt.grad.numpy(), layer.gamma.value.grad.numpy(), layer.beta.value.grad.numpy()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_fast_path_only_on_torch(generic_path):
+    x = keras.ops.ones((2, 4, 3, 3))
+    assert fast.group_norm(x, 2, keras.ops.ones((4,)), keras.ops.zeros((4,)), 1e-6) is None
+
+
+def test_group_norm_fast_path_applies_on_torch():
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(2, 4, 3, 3)).astype("float32"))
+    out = fast.group_norm(x, 2, keras.ops.ones((4,)), keras.ops.zeros((4,)), 1e-6)
+    assert (out is not None) == (keras.backend.backend() == "torch")

@@ -213,6 +213,25 @@ def test_ema_update_follows_its_formula():
     assert int(to_numpy(model.ema_step)) == 1001
 
 
+def test_ema_reads_trainable_flags_at_each_fit():
+    """The EMA's weight pairs are collected once per `fit` call: a layer frozen between two
+    calls is copied (not averaged) from the next call on, on every backend."""
+    model = small_model(ema_decay=0.999)
+    y = mixture_data(128)
+    model.fit(y, batch_size=64, epochs=1, verbose=0)
+    layer = next(l for l in model.network.layers if l.trainable_weights)
+    idx = [i for i, v in enumerate(model.denoiser.weights)
+           if any(v is w for w in layer.trainable_weights)]
+    layer.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(y, batch_size=64, epochs=1, verbose=0)
+    src, ema = model.denoiser.weights, model.ema_denoiser.weights
+    for i in idx:  # frozen: the EMA holds a copy of the (unchanged) weight
+        np.testing.assert_array_equal(to_numpy(ema[i]), to_numpy(src[i]))
+    moving = [i for i, v in enumerate(src) if v.trainable]
+    assert moving and any(not np.array_equal(to_numpy(ema[i]), to_numpy(src[i])) for i in moving)
+
+
 def test_ema_starts_as_a_copy_and_is_used_for_sampling():
     model = small_model(ema_decay=0.99)
     x = mixture_data(8)

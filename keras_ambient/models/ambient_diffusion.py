@@ -233,6 +233,7 @@ class AmbientDiffusion(keras.Model):
         # runs the consistency loss), True (this step does), False (this step does not).
         self._consistency_phase = None
         self._steps_started = None
+        self._ema_pairs = None  # `_update_ema`'s (source, EMA) weight pairs, per fit call
         self.ambient_loss = ambient_loss
         self.consistency_loss = consistency_loss
         self.seed = seed
@@ -523,20 +524,34 @@ class AmbientDiffusion(keras.Model):
         step = ops.cast(self.ema_step, "float32")
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         decay = ops.where(step == 0, 0.0, decay)
-        averaged, copied = [], []
-        for src, dst in zip(self.denoiser.weights, self.ema_denoiser.weights):
-            if self.lora_rank is not None and not src.trainable:
-                continue  # frozen pretrained weights: copied once by reset_ema
-            (averaged if src.trainable else copied).append((src, dst))
+        averaged, copied, fused_update = self._ema_weight_pairs()
         # One fused update where the backend has it (utils/backend_fast_paths.py).
-        if not backend_fast_paths.ema_update([d for _, d in averaged], [s for s, _ in averaged],
-                                             decay):
+        if fused_update is None or not fused_update(decay):
             for src, dst in averaged:
                 value = ops.stop_gradient(ops.cast(src, dst.dtype))
                 dst.assign(decay * dst + (1.0 - decay) * value)
         for src, dst in copied:
             dst.assign(ops.stop_gradient(ops.cast(src, dst.dtype)))
         self.ema_step.assign_add(1)
+
+    def _ema_weight_pairs(self):
+        """`(averaged, copied, fused_update)`: lists of `(weight, EMA weight)` pairs (trainable
+        weights are averaged, the others copied) and the backend's fused update of the
+        averaged ones (`backend_fast_paths.ema_updater`, or None). Collected once per `fit` /
+        `train_on_batch` call (on torch the recursive `weights` walk and the variables'
+        `value` reads cost more than the fused update), so `trainable` flags are read when
+        a call starts."""
+        if self._ema_pairs is None:
+            averaged, copied = [], []
+            for src, dst in zip(self.denoiser.weights, self.ema_denoiser.weights):
+                if self.lora_rank is not None and not src.trainable:
+                    continue  # frozen pretrained weights: copied once by reset_ema
+                (averaged if src.trainable else copied).append((src, dst))
+            # Not tracked as the model's state (Keras would take the lists for new variables).
+            fused_update = backend_fast_paths.ema_updater([d for _, d in averaged],
+                                                          [s for s, _ in averaged])
+            object.__setattr__(self, "_ema_pairs", (averaged, copied, fused_update))
+        return self._ema_pairs
 
     # ---------------------------------------------------------- input checks
     def _num_classes(self):
@@ -723,6 +738,7 @@ class AmbientDiffusion(keras.Model):
                 f"'sample_weight'). Received: class_weight={kw['class_weight']!r}"
             )
         kw.pop("class_weight", None)
+        self._ema_pairs = None
         x, y = batches.fold_sample_weight(kw.pop("x"), kw.pop("y"), kw.pop("sample_weight", None))
         x, y = self._standardize_inputs(x, y, "x")
         val = kw.get("validation_data")
@@ -745,6 +761,7 @@ class AmbientDiffusion(keras.Model):
 
     def train_on_batch(self, *args, **kwargs):
         self._steps_started = None  # one step: the count is read from `ema_step` again
+        self._ema_pairs = None
         return super().train_on_batch(*args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

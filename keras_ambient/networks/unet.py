@@ -1,8 +1,10 @@
 import math
 
 import keras
+from keras import ops
 
 from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
+from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.validation import check_int, check_int_tuple, check_scalar
 
 
@@ -10,43 +12,114 @@ def _groups(channels, num_groups):
     return math.gcd(channels, num_groups)
 
 
-def _res_block(h, emb, channels, num_groups, dropout, name, init):
+def _resolve_data_format(data_format):
+    """The layout the layers use on this backend.
+
+    `"auto"`: channels first on torch (its convolutions and group normalisation are
+    channels-first kernels; channels-last layers add a transpose around each), channels
+    last elsewhere. TensorFlow always runs channels last: its CPU convolutions are
+    channels-last only, and Keras's channels-first convolution there gave wrong outputs
+    for 2-channel inputs (Keras 3.15, TensorFlow 2.21; tests/test_networks.py checks the
+    layouts agree). The layout changes neither the weights nor the function.
+    """
+    if data_format == "auto":
+        return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    if keras.backend.backend() == "tensorflow":
+        return "channels_last"
+    return data_format
+
+
+class _Layout:
+    """Which axis holds the channels and which the height, for one data format."""
+
+    def __init__(self, data_format):
+        self.data_format = data_format
+        self.channel_axis = 1 if data_format == "channels_first" else -1
+        self.height_axis = 2 if data_format == "channels_first" else 1
+
+    def channels(self, h):
+        return h.shape[self.channel_axis]
+
+    def height(self, h):
+        return h.shape[self.height_axis]
+
+    def conv(self, channels, kernel_size, name, **kwargs):
+        return keras.layers.Conv2D(channels, kernel_size, padding="same", data_format=self.data_format,
+                                   name=name, **kwargs)
+
+    def norm(self, channels, num_groups, name):
+        return GroupNormalization(_groups(channels, num_groups), axis=self.channel_axis, epsilon=1e-6,
+                                  name=name)
+
+
+def _res_block(h, emb, channels, num_groups, dropout, name, init, layout):
     skip = h
-    h = keras.layers.GroupNormalization(_groups(h.shape[-1], num_groups), epsilon=1e-6, name=f"{name}_norm1")(h)
+    h = layout.norm(layout.channels(h), num_groups, f"{name}_norm1")(h)
     h = keras.layers.Activation("silu", name=f"{name}_act1")(h)
-    h = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=init(), name=f"{name}_conv1")(h)
+    h = layout.conv(channels, 3, f"{name}_conv1", kernel_initializer=init())(h)
     # Adaptive scale/shift from the noise embedding (DDPM++ `adaptive_scale`).
     scale_shift = keras.layers.Dense(2 * channels, kernel_initializer=init(), name=f"{name}_emb")(emb)
-    scale_shift = keras.layers.Reshape((1, 1, 2 * channels), name=f"{name}_emb_reshape")(scale_shift)
-    h = keras.layers.GroupNormalization(_groups(channels, num_groups), epsilon=1e-6, name=f"{name}_norm2")(h)
-    h = _ScaleShift(name=f"{name}_scale_shift")([h, scale_shift])
+    shape = (2 * channels, 1, 1) if layout.channel_axis == 1 else (1, 1, 2 * channels)
+    scale_shift = keras.layers.Reshape(shape, name=f"{name}_emb_reshape")(scale_shift)
+    h = layout.norm(channels, num_groups, f"{name}_norm2")(h)
+    h = _ScaleShift(axis=layout.channel_axis, name=f"{name}_scale_shift")([h, scale_shift])
     h = keras.layers.Activation("silu", name=f"{name}_act2")(h)
     if dropout:
         h = keras.layers.Dropout(dropout, seed=init.next_seed(), name=f"{name}_dropout")(h)
-    h = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name=f"{name}_conv2")(h)
-    if skip.shape[-1] != channels:
-        skip = keras.layers.Conv2D(channels, 1, kernel_initializer=init(), name=f"{name}_skip")(skip)
+    h = layout.conv(channels, 3, f"{name}_conv2", kernel_initializer="zeros")(h)
+    if layout.channels(skip) != channels:
+        skip = layout.conv(channels, 1, f"{name}_skip", kernel_initializer=init())(skip)
     return keras.layers.Add(name=f"{name}_add")([skip, h])
 
 
-def _attention(h, num_heads, num_groups, name, init):
-    height, width, channels = h.shape[1], h.shape[2], h.shape[3]
-    a = keras.layers.GroupNormalization(_groups(channels, num_groups), epsilon=1e-6, name=f"{name}_norm")(h)
+def _attention(h, num_heads, num_groups, name, init, layout):
+    channels = layout.channels(h)
+    a = layout.norm(channels, num_groups, f"{name}_norm")(h)
+    if layout.channel_axis == 1:
+        a = keras.layers.Permute((2, 3, 1), name=f"{name}_to_channels_last")(a)
+    height, width = a.shape[1], a.shape[2]
     a = keras.layers.Reshape((height * width, channels), name=f"{name}_flatten")(a)
     a = keras.layers.MultiHeadAttention(num_heads, max(channels // num_heads, 1),
                                         kernel_initializer=init(), name=f"{name}_mha")(a, a)
     a = keras.layers.Reshape((height, width, channels), name=f"{name}_unflatten")(a)
+    if layout.channel_axis == 1:
+        a = keras.layers.Permute((3, 1, 2), name=f"{name}_to_channels_first")(a)
     return keras.layers.Add(name=f"{name}_add")([h, a])
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
+class GroupNormalization(keras.layers.GroupNormalization):
+    """`keras.layers.GroupNormalization`; over axis 1 in one kernel where the backend has one
+    (`backend_fast_paths.group_norm`: torch), the layer's own call otherwise.
+
+    Keras saves a model's weights under paths named after each layer's class name, so this
+    class keeps Keras's name: U-Nets saved before it existed (with Keras's class) load.
+    """
+
+    def call(self, inputs):
+        if self.axis == 1 and self.scale and self.center:
+            out = backend_fast_paths.group_norm(inputs, self.groups, self.gamma.value, self.beta.value,
+                                                self.epsilon)
+            if out is not None:
+                return ops.cast(out, self.compute_dtype)
+        return super().call(inputs)
+
+
+@keras.saving.register_keras_serializable(package="keras_ambient")
 class _ScaleShift(keras.layers.Layer):
-    """`h * (1 + scale) + shift` with `[scale, shift]` split from the last axis."""
+    """`h * (1 + scale) + shift` with `[scale, shift]` split along the channel `axis`."""
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = axis
 
     def call(self, inputs):
         h, scale_shift = inputs
-        channels = h.shape[-1]
-        return h * (1.0 + scale_shift[..., :channels]) + scale_shift[..., channels:]
+        scale, shift = keras.ops.split(scale_shift, 2, axis=self.axis)
+        return h * (1.0 + scale) + shift
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -72,6 +145,12 @@ class UNet(keras.Model):
         num_classes: adds a class-label input when set.
         condition_dim: adds a vector condition input (e.g. text embedding) when set.
         num_groups: maximum number of groups of the group normalisations.
+        data_format: the layout of the feature maps inside the network:
+            `"channels_last"`, `"channels_first"` or `"auto"` (channels first on the
+            torch backend, channels last on the others; TensorFlow always runs channels
+            last). Inputs and outputs are channels last in every case and the weights
+            do not depend on the layout, so a saved network loads on any backend in
+            that backend's layout.
         seed: seed of the weight initializers (equal seeds give equal networks).
 
     Example:
@@ -93,7 +172,7 @@ class UNet(keras.Model):
     def __init__(self, image_shape, base_channels=64, channel_multipliers=(1, 2, 2),
                  num_res_blocks=2, attention_resolutions=(), num_heads=4, dropout=0.0,
                  embedding="positional", embedding_dim=None, num_classes=None,
-                 condition_dim=None, num_groups=8, seed=None, **kwargs):
+                 condition_dim=None, num_groups=8, data_format="auto", seed=None, **kwargs):
         image_shape = check_int_tuple("image_shape", image_shape, length=3, minimum=1)
         channel_multipliers = check_int_tuple("channel_multipliers", channel_multipliers, minimum=1)
         factor = 2 ** (len(channel_multipliers) - 1)
@@ -120,6 +199,11 @@ class UNet(keras.Model):
                 f"{attention_resolutions}"
             )
         num_groups = check_int("num_groups", num_groups, minimum=1)
+        if data_format not in ("auto", "channels_last", "channels_first"):
+            raise ValueError(
+                "`data_format` must be 'auto', 'channels_last' or 'channels_first'. "
+                f"Received: data_format={data_format!r}"
+            )
         emb_width = 4 * base_channels
 
         x_in = keras.Input(shape=image_shape, name="x")
@@ -130,38 +214,47 @@ class UNet(keras.Model):
             noise_in, cond_in, embedding, embedding_dim, emb_width, num_classes, seed, init
         )
 
-        h = keras.layers.Conv2D(base_channels, 3, padding="same", kernel_initializer=init(), name="input_conv")(x_in)
+        layout = _Layout(_resolve_data_format(data_format))
+        h = x_in
+        if layout.channel_axis == 1:  # the denoiser's images stay channels last
+            h = keras.layers.Permute((3, 1, 2), name="to_channels_first")(h)
+        h = layout.conv(base_channels, 3, "input_conv", kernel_initializer=init())(h)
         skips = [h]
         for level, mult in enumerate(channel_multipliers):
             for b in range(num_res_blocks):
-                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"down{level}_block{b}", init)
-                if h.shape[1] in attention_resolutions:
-                    h = _attention(h, num_heads, num_groups, f"down{level}_attn{b}", init)
+                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"down{level}_block{b}", init,
+                               layout)
+                if layout.height(h) in attention_resolutions:
+                    h = _attention(h, num_heads, num_groups, f"down{level}_attn{b}", init, layout)
                 skips.append(h)
             if level < len(channel_multipliers) - 1:
-                h = keras.layers.Conv2D(h.shape[-1], 3, strides=2, padding="same", kernel_initializer=init(),
-                                        name=f"down{level}_downsample")(h)
+                h = layout.conv(layout.channels(h), 3, f"down{level}_downsample", strides=2,
+                                kernel_initializer=init())(h)
                 skips.append(h)
 
-        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block0", init)
-        h = _attention(h, num_heads, num_groups, "mid_attn", init)
-        h = _res_block(h, emb, h.shape[-1], num_groups, dropout, "mid_block1", init)
+        h = _res_block(h, emb, layout.channels(h), num_groups, dropout, "mid_block0", init, layout)
+        h = _attention(h, num_heads, num_groups, "mid_attn", init, layout)
+        h = _res_block(h, emb, layout.channels(h), num_groups, dropout, "mid_block1", init, layout)
 
         for level in reversed(range(len(channel_multipliers))):
             mult = channel_multipliers[level]
             for b in range(num_res_blocks + 1):
-                h = keras.layers.Concatenate(name=f"up{level}_concat{b}")([h, skips.pop()])
-                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"up{level}_block{b}", init)
-                if h.shape[1] in attention_resolutions:
-                    h = _attention(h, num_heads, num_groups, f"up{level}_attn{b}", init)
+                h = keras.layers.Concatenate(axis=layout.channel_axis, name=f"up{level}_concat{b}")(
+                    [h, skips.pop()])
+                h = _res_block(h, emb, base_channels * mult, num_groups, dropout, f"up{level}_block{b}", init,
+                               layout)
+                if layout.height(h) in attention_resolutions:
+                    h = _attention(h, num_heads, num_groups, f"up{level}_attn{b}", init, layout)
             if level > 0:
-                h = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}_upsample")(h)
-                h = keras.layers.Conv2D(h.shape[-1], 3, padding="same", kernel_initializer=init(),
-                                        name=f"up{level}_upconv")(h)
+                h = keras.layers.UpSampling2D(2, data_format=layout.data_format, interpolation="nearest",
+                                              name=f"up{level}_upsample")(h)
+                h = layout.conv(layout.channels(h), 3, f"up{level}_upconv", kernel_initializer=init())(h)
 
-        h = keras.layers.GroupNormalization(_groups(h.shape[-1], num_groups), epsilon=1e-6, name="output_norm")(h)
+        h = layout.norm(layout.channels(h), num_groups, "output_norm")(h)
         h = keras.layers.Activation("silu", name="output_act")(h)
-        out = keras.layers.Conv2D(image_shape[-1], 3, padding="same", kernel_initializer="zeros", name="output_conv")(h)
+        out = layout.conv(image_shape[-1], 3, "output_conv", kernel_initializer="zeros")(h)
+        if layout.channel_axis == 1:
+            out = keras.layers.Permute((2, 3, 1), name="to_channels_last")(out)
 
         inputs = [x_in, noise_in] + ([cond_in] if cond_in is not None else [])
         super().__init__(inputs=inputs, outputs=out, **kwargs)
@@ -178,6 +271,7 @@ class UNet(keras.Model):
         self.num_classes = num_classes
         self.condition_dim = condition_dim
         self.num_groups = num_groups
+        self.data_format = data_format
         self.seed = seed
 
     def get_config(self):
@@ -196,6 +290,7 @@ class UNet(keras.Model):
             "num_classes": self.num_classes,
             "condition_dim": self.condition_dim,
             "num_groups": self.num_groups,
+            "data_format": self.data_format,
             "seed": self.seed,
         }
 

@@ -49,16 +49,23 @@ ambient loss after its random draws: losses/ambient_loss.py), for training:
 - every other case (other backends, whose train steps are compiled anyway;
   `set_enabled(False)`): `fn` itself, eagerly.
 
+`group_norm(x, num_groups, gamma, beta, epsilon)` normalises channels-first
+feature maps: torch's one-kernel `group_norm` on torch (the U-Net's layers on
+the torch backend, whose layout is channels first), None elsewhere (the
+caller then runs `keras.layers.GroupNormalization`'s own call).
+
 `ema_update(targets, sources, decay)` updates a weight EMA in place
 (`t <- decay * t + (1 - decay) * s` for every pair) in a few fused calls
 where the backend allows it:
 
-- torch: `torch._foreach_mul_` / `_foreach_mul` / `_foreach_add_` on the
-  variables' tensors (the generic path dispatches three Keras ops and an
-  `assign` per weight); `decay` stays a tensor (no host sync);
+- torch: one `torch._foreach_lerp_` on the variables' tensors (the generic
+  path dispatches three Keras ops and an `assign` per weight); `decay` stays
+  a tensor (no host sync);
 - otherwise (JAX, whose train step is jitted anyway; TensorFlow, a graph;
   mixed dtypes or devices; a `StatelessScope`; `set_enabled(False)`): it
   returns False and the caller runs the generic `keras.ops` update.
+`ema_updater(targets, sources)` prepares the same update once for a training
+loop (the variables' tensors collected once, checked once).
 """
 
 import contextlib
@@ -261,36 +268,80 @@ def ema_update(targets, sources, decay):
         True if the update was done here; False if the caller must run the
         generic `keras.ops` update (nothing was changed then).
     """
+    update = ema_updater(targets, sources)
+    return update is not None and update(decay)
+
+
+def ema_updater(targets, sources):
+    """`ema_update` with the variables' tensors collected once: a function
+    `update(decay) -> bool` (False: nothing was done, run the generic update), or
+    None where the backend has no fused update.
+
+    For a training loop that updates the same weights every step (the variables'
+    tensors keep their identity while they live: assignments copy in place); the
+    per-step `value` reads of `ema_update` cost more than the fused update itself.
+    """
     if not _ENABLED or not targets or keras.backend.backend() != "torch":
-        return False
-    return _torch_ema_update(targets, sources, decay)
+        return None
+    return _torch_ema_updater(targets, sources)
 
 
-def _torch_ema_update(targets, sources, decay):
+def _torch_ema_updater(targets, sources):
     import torch
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
 
-    if len(targets) != len(sources):
-        return False
+    if len(targets) != len(sources) or in_stateless_scope():
+        return None
     dst = [v.value for v in targets]
     src = [v.value for v in sources]
     # Only the variables' own tensors (not a StatelessScope's or an autocast
     # copy), of one dtype and device, and the same shapes.
     first = dst[0]
-    for d, s, vd, vs in zip(dst, src, targets, sources):
+    for d, s in zip(dst, src):
         if not (isinstance(d, torch.nn.Parameter) and isinstance(s, torch.nn.Parameter)):
-            return False
+            return None
         if d.dtype != first.dtype or s.dtype != first.dtype or d.device != first.device \
                 or s.device != first.device or d.shape != s.shape:
+            return None
+
+    def update(decay):
+        # Inside a StatelessScope (a stateless call) the variables' values are the
+        # scope's, not these tensors; set_enabled(False) after the updater was made.
+        if not _ENABLED or in_stateless_scope():
             return False
-    decay = torch.as_tensor(decay)
-    if decay.dtype != first.dtype or decay.ndim != 0:
-        return False
-    decay = decay.to(first.device)
-    with torch.no_grad():
-        scaled = torch._foreach_mul(src, 1.0 - decay)  # (1 - decay) * source
-        torch._foreach_mul_(dst, decay)                # decay * target
-        torch._foreach_add_(dst, scaled)
-    return True
+        decay = torch.as_tensor(decay)
+        if decay.dtype != first.dtype or decay.ndim != 0:
+            return False
+        weight = (1.0 - decay).to(first.device)
+        with torch.no_grad():
+            # target + (1 - decay) (source - target), one kernel per tensor; the
+            # weight stays a tensor (no host sync).
+            torch._foreach_lerp_(dst, src, [weight] * len(dst))
+        return True
+
+    return update
+
+
+# -------------------------------------------------------- group normalisation
+def group_norm(x, num_groups, gamma, beta, epsilon):
+    """Group normalisation of channels-first `x` (channel axis 1) in one kernel.
+
+    The same function as `keras.layers.GroupNormalization(num_groups, axis=1,
+    epsilon=epsilon)` with `gamma` and `beta` (computed in float32, returned in
+    `x`'s dtype). On torch: `torch.nn.functional.group_norm` (one operator and
+    its fused gradient, where Keras's layer composes about fifteen); otherwise,
+    or with `set_enabled(False)`, returns None and the caller runs the layer's
+    generic call.
+    """
+    if not _ENABLED or keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    x = ops.convert_to_tensor(x)
+    out = torch.nn.functional.group_norm(
+        x.float(), num_groups, ops.cast(gamma, "float32"), ops.cast(beta, "float32"), epsilon
+    )
+    return out.to(x.dtype)
 
 
 # ---------------------------------------------------------- training forward

@@ -60,6 +60,7 @@ def _keras_worker(args, out):
     import keras_ambient as ka
 
     bu.setup_threads(args.threads)
+    bu.generic_paths(args.worker)  # "torch-generic": the library's fast paths off
     backend = args.worker  # "torch-nhwc": channels-last U-Nets
     if args.dtype_policy != "float32":
         keras.config.set_dtype_policy(args.dtype_policy)

@@ -138,6 +138,39 @@ def test_unet_saved_on_one_backend_loads_in_the_others_layout(tmp_path):
             np.testing.assert_allclose(np.array(result["out"]), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_unet_weights_move_between_layouts(tmp_path):
+    """Weights saved from a channels-last U-Net (the layout of U-Nets saved before
+    `data_format` existed, whose group normalisations were Keras's class) load into a
+    channels-first one, and back: the same function."""
+    import warnings
+
+    from keras_ambient.networks.unet import GroupNormalization
+
+    # Keras names saved weights after class names: ours must keep Keras's.
+    assert GroupNormalization.__name__ == keras.layers.GroupNormalization.__name__
+    inputs = _unet_inputs()
+    for src_format, dst_format in (("channels_last", "channels_first"),
+                                   ("channels_first", "channels_last")):
+        src = _unet_with_random_weights(src_format, seed=5)
+        path = os.path.join(str(tmp_path), f"{src_format}.weights.h5")
+        src.save_weights(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TensorFlow: channels first runs channels last
+            dst = ka.networks.UNet(image_shape=(8, 8, 2), base_channels=8, channel_multipliers=(1, 2),
+                                   num_res_blocks=1, attention_resolutions=(4,), num_heads=2,
+                                   data_format=dst_format, seed=1)
+        dst.load_weights(path)
+        np.testing.assert_allclose(to_numpy(dst(inputs)), to_numpy(src(inputs)), rtol=1e-5, atol=1e-5)
+
+
+def test_unet_channels_first_on_tensorflow_warns():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow runs channels last whatever the setting")
+    with pytest.warns(UserWarning, match="channels last on the TensorFlow backend"):
+        ka.networks.UNet(image_shape=(4, 4, 1), base_channels=8, channel_multipliers=(1,),
+                         num_res_blocks=1, data_format="channels_first")
+
+
 def test_unet_trains_in_either_layout():
     for data_format in ("channels_first", "channels_last"):
         net = ka.networks.UNet(image_shape=(4, 4, 1), base_channels=8, channel_multipliers=(1, 2),

@@ -145,7 +145,10 @@ class AmbientDiffusion(keras.Model):
             0.3.0 load with 1, as they were trained.
         ema_decay: decay of the weight EMA (`None` disables it). A warm-up
             `min(ema_decay, (1 + step) / (10 + step))` makes early averages
-            follow the weights (EMA = weights at step 0).
+            follow the weights (EMA = weights at step 0). Trainable weights are
+            averaged, the others copied; which is which is read when a `fit` or
+            `train_on_batch` call starts (a callback that changes `trainable`
+            takes effect at the next call).
         sigma_min, sigma_max: ends of the sampling schedule.
         data_shape: shape of one sample; inferred from functional networks.
         seed: seed of the model's `SeedGenerator` (training noise).
@@ -332,6 +335,7 @@ class AmbientDiffusion(keras.Model):
             # variables share one buffer, which jit's buffer donation rejects.
             d.assign(ops.convert_to_numpy(s))
         self.ema_step.assign(0)
+        self._ema_pairs = None
 
     def call(self, inputs, training=None):
         """`model(y)` / `model.predict(y)`: `D(y; sigma_n)`, the posterior mean
@@ -758,6 +762,10 @@ class AmbientDiffusion(keras.Model):
         if self._has_phases():
             callbacks.append(_ReadStepCount())
         return super().fit(x, y, callbacks=callbacks, **kw)
+
+    def compile(self, *args, **kwargs):
+        self._ema_pairs = None  # `trainable` flags may have changed: read them again
+        return super().compile(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
         self._steps_started = None  # one step: the count is read from `ema_step` again

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -19,12 +20,20 @@ def _resolve_data_format(data_format):
     channels-first kernels; channels-last layers add a transpose around each), channels
     last elsewhere. TensorFlow always runs channels last: its CPU convolutions are
     channels-last only, and Keras's channels-first convolution there gave wrong outputs
-    for 2-channel inputs (Keras 3.15, TensorFlow 2.21; tests/test_networks.py checks the
-    layouts agree). The layout changes neither the weights nor the function.
+    for 2-channel inputs (Keras 3.15, TensorFlow 2.21; found by the cross-backend loading
+    test of tests/test_networks.py). The layout changes neither the weights nor the
+    function.
     """
+    backend = keras.backend.backend()
     if data_format == "auto":
-        return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
-    if keras.backend.backend() == "tensorflow":
+        return "channels_first" if backend == "torch" else "channels_last"
+    if backend == "tensorflow" and data_format == "channels_first":
+        warnings.warn(
+            "UNet(data_format='channels_first') runs channels last on the TensorFlow backend "
+            "(Keras's channels-first convolution is unreliable on TensorFlow's CPU); the "
+            "weights and the function are the same.",
+            stacklevel=3,
+        )
         return "channels_last"
     return data_format
 
@@ -149,8 +158,8 @@ class UNet(keras.Model):
             `"channels_last"`, `"channels_first"` or `"auto"` (channels first on the
             torch backend, channels last on the others; TensorFlow always runs channels
             last). Inputs and outputs are channels last in every case and the weights
-            do not depend on the layout, so a saved network loads on any backend in
-            that backend's layout.
+            do not depend on the layout: a saved `"auto"` network loads on any backend
+            in that backend's layout, and weights move between layouts.
         seed: seed of the weight initializers (equal seeds give equal networks).
 
     Example:

@@ -288,9 +288,8 @@ def ema_updater(targets, sources):
 
 def _torch_ema_updater(targets, sources):
     import torch
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
 
-    if len(targets) != len(sources) or in_stateless_scope():
+    if len(targets) != len(sources):
         return None
     dst = [v.value for v in targets]
     src = [v.value for v in sources]
@@ -305,9 +304,9 @@ def _torch_ema_updater(targets, sources):
             return None
 
     def update(decay):
-        # Inside a StatelessScope (a stateless call) the variables' values are the
-        # scope's, not these tensors; set_enabled(False) after the updater was made.
-        if not _ENABLED or in_stateless_scope():
+        # Inside a StatelessScope (a stateless call) a variable's `value` is the
+        # scope's, not its tensor; or set_enabled(False) after the updater was made.
+        if not _ENABLED or targets[0].value is not first:
             return False
         decay = torch.as_tensor(decay)
         if decay.dtype != first.dtype or decay.ndim != 0:
@@ -327,8 +326,8 @@ def group_norm(x, num_groups, gamma, beta, epsilon):
     """Group normalisation of channels-first `x` (channel axis 1) in one kernel.
 
     The same function as `keras.layers.GroupNormalization(num_groups, axis=1,
-    epsilon=epsilon)` with `gamma` and `beta` (computed in float32, returned in
-    `x`'s dtype). On torch: `torch.nn.functional.group_norm` (one operator and
+    epsilon=epsilon)` with `gamma` and `beta` (computed in float32, or float64 for
+    float64 inputs, returned in `x`'s dtype). On torch: `torch.nn.functional.group_norm` (one operator and
     its fused gradient, where Keras's layer composes about fifteen); otherwise,
     or with `set_enabled(False)`, returns None and the caller runs the layer's
     generic call.
@@ -338,8 +337,10 @@ def group_norm(x, num_groups, gamma, beta, epsilon):
     import torch
 
     x = ops.convert_to_tensor(x)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # as Keras's layer: float32 or wider
     out = torch.nn.functional.group_norm(
-        x.float(), num_groups, ops.cast(gamma, "float32"), ops.cast(beta, "float32"), epsilon
+        x.to(dtype), num_groups, ops.convert_to_tensor(gamma).to(dtype),
+        ops.convert_to_tensor(beta).to(dtype), epsilon,
     )
     return out.to(x.dtype)
 

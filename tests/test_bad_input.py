@@ -178,6 +178,7 @@ CONSTRUCTORS = {
         "num_classes": [0, 1.5],
         "condition_dim": [0, 1.5],
         "num_groups": [0, 1.5],
+        "data_format": ["NCHW", None],
         "seed": ["zero"],
     }),
     ka.annotation.NoiseClassifier: (lambda: {"image_shape": (8, 8, 1)}, {

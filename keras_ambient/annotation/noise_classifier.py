@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_ambient.networks.conditioning import SeededInitializers, embed_noise_and_condition
-from keras_ambient.networks.unet import _res_block
+from keras_ambient.networks.unet import _Layout, _res_block
 from keras_ambient.utils.seeding import SavedSeedGenerator
 from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.structures import map_in_batches
@@ -97,8 +97,9 @@ class NoiseClassifier(keras.Model):
                                         None, self.seed, init)
         h = keras.layers.Conv2D(self.channels[0], 3, padding="same", kernel_initializer=init(),
                                 name="input_conv")(x_in)
+        layout = _Layout("channels_last")
         for level, ch in enumerate(self.channels):
-            h = _res_block(h, emb, ch, 8, 0.0, f"level{level}", init)
+            h = _res_block(h, emb, ch, 8, 0.0, f"level{level}", init, layout)
             if h.shape[1] > 2 and h.shape[2] > 2 and level < len(self.channels) - 1:
                 h = keras.layers.AveragePooling2D(2, name=f"level{level}_pool")(h)
         h = keras.layers.GroupNormalization(math.gcd(h.shape[-1], 8), epsilon=1e-6, name="out_norm")(h)

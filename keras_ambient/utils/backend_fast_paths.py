@@ -54,18 +54,17 @@ feature maps: torch's one-kernel `group_norm` on torch (the U-Net's layers on
 the torch backend, whose layout is channels first), None elsewhere (the
 caller then runs `keras.layers.GroupNormalization`'s own call).
 
-`ema_update(targets, sources, decay)` updates a weight EMA in place
-(`t <- decay * t + (1 - decay) * s` for every pair) in a few fused calls
-where the backend allows it:
+`ema_updater(targets, sources)` returns `update(decay)`, which updates a
+weight EMA in place (`t <- decay * t + (1 - decay) * s` for every pair) in a
+few fused calls where the backend allows it:
 
 - torch: one `torch._foreach_lerp_` on the variables' tensors (the generic
   path dispatches three Keras ops and an `assign` per weight); `decay` stays
   a tensor (no host sync);
 - otherwise (JAX, whose train step is jitted anyway; TensorFlow, a graph;
-  mixed dtypes or devices; a `StatelessScope`; `set_enabled(False)`): it
-  returns False and the caller runs the generic `keras.ops` update.
-`ema_updater(targets, sources)` prepares the same update once for a training
-loop (the variables' tensors collected once, checked once).
+  mixed dtypes or devices; a `StatelessScope`; `set_enabled(False)`):
+  there is no updater (None) or it returns False, and the caller runs the
+  generic `keras.ops` update. The variables' tensors are collected once.
 """
 
 import contextlib
@@ -256,30 +255,17 @@ def _trace_checked(torch, fn, args, expected):
 
 
 # ----------------------------------------------------------------- weight EMA
-def ema_update(targets, sources, decay):
-    """In place, for every pair: `target <- decay * target + (1 - decay) * source`.
-
-    Args:
-        targets: Keras variables (the EMA weights).
-        sources: Keras variables of the same shapes and dtypes (the weights).
-        decay: a scalar tensor (float32).
-
-    Returns:
-        True if the update was done here; False if the caller must run the
-        generic `keras.ops` update (nothing was changed then).
-    """
-    update = ema_updater(targets, sources)
-    return update is not None and update(decay)
-
-
 def ema_updater(targets, sources):
-    """`ema_update` with the variables' tensors collected once: a function
-    `update(decay) -> bool` (False: nothing was done, run the generic update), or
-    None where the backend has no fused update.
+    """A fused in-place EMA update of `targets` (the EMA weights) towards `sources`
+    (the weights, same shapes and dtypes): a function `update(decay) -> bool` doing
+    `target <- decay * target + (1 - decay) * source` for every pair (False: nothing
+    was done, run the generic `keras.ops` update), or None where the backend has no
+    fused update.
 
-    For a training loop that updates the same weights every step (the variables'
-    tensors keep their identity while they live: assignments copy in place); the
-    per-step `value` reads of `ema_update` cost more than the fused update itself.
+    The variables' tensors are collected and checked once, for a training loop that
+    updates the same weights every step (they keep their identity while they live:
+    assignments copy in place); reading them every step costs more than the fused
+    update itself.
     """
     if not _ENABLED or not targets or keras.backend.backend() != "torch":
         return None
@@ -327,8 +313,9 @@ def group_norm(x, num_groups, gamma, beta, epsilon):
 
     The same function as `keras.layers.GroupNormalization(num_groups, axis=1,
     epsilon=epsilon)` with `gamma` and `beta` (computed in float32, or float64 for
-    float64 inputs, returned in `x`'s dtype). On torch: `torch.nn.functional.group_norm` (one operator and
-    its fused gradient, where Keras's layer composes about fifteen); otherwise,
+    float64 inputs, returned in `x`'s dtype). On torch:
+    `torch.nn.functional.group_norm` (one operator and its fused gradient, where
+    Keras's layer composes about fifteen); otherwise,
     or with `set_enabled(False)`, returns None and the caller runs the layer's
     generic call.
     """

@@ -21,6 +21,7 @@ Usage:
     KERAS_BACKEND=jax python benchmarks/demo_variants.py                 # the main job's model
     KERAS_BACKEND=jax python benchmarks/demo_variants.py --steps 1300 --consistency-interval 1
     KERAS_BACKEND=jax python benchmarks/demo_variants.py --base-channels 32 --json c32.json
+    KERAS_BACKEND=jax python benchmarks/demo_variants.py --online --num-steps 18 40  # EMA or not; sampler steps
 """
 
 import argparse
@@ -62,6 +63,12 @@ def parse_args(argv=None):
     p.add_argument("--consistency-interval", type=int, default=None,
                    help="AmbientDiffusion consistency_interval, the loss on one step in this many "
                         "(default: the library's; 1 = every step, the default before 2026-12-07)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="AmbientDiffusion ema_decay (default: the library's)")
+    p.add_argument("--num-steps", type=int, nargs="+", default=[18],
+                   help="sampler levels; several values sample the one model with each")
+    p.add_argument("--online", action="store_true",
+                   help="also sample the online network (use_ema=False)")
     p.add_argument("--sets", type=int, default=3, help="sample sets per mode (sampling seeds 0..sets-1)")
     p.add_argument("--num-samples", type=int, default=None, help="images per set (default: as many as "
                    "the training digits, as the main job; FD depends on the count)")
@@ -84,6 +91,7 @@ def main(args):
         network, sigma_n=SIGMA_N, sigma_data=sigma_data, seed=args.seed,
         consistency_weight=args.consistency_weight,
         **({} if args.consistency_interval is None else {"consistency_interval": args.consistency_interval}),
+        **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}),
         ambient_loss=ka.losses.AmbientLoss(sigma_data=sigma_data, p_mean=args.p_mean),
         consistency_loss=ka.losses.ConsistencyLoss(batch_fraction=args.batch_fraction))
 
@@ -118,16 +126,21 @@ def main(args):
 
     n = len(y) if args.num_samples is None else args.num_samples
     results = {}
-    for mode, kwargs in (("full", dict(mode="full", sigma_min=0.05)), ("truncated", dict(mode="truncated"))):
-        rows = np.asarray([measure(model.generate(n, seed=s, batch_size=n, **kwargs))
-                           for s in range(args.sets)])
-        mean, std = bu.mean_std(rows)
-        results[mode] = {"mean": mean.tolist(), "std": std.tolist()}
+    for use_ema in (True, False) if args.online else (True,):
+        for num_steps in args.num_steps:
+            for mode, kwargs in (("full", dict(mode="full", sigma_min=0.05)), ("truncated", dict(mode="truncated"))):
+                rows = np.asarray([measure(model.generate(n, seed=s, batch_size=n, num_steps=num_steps,
+                                                          use_ema=use_ema, **kwargs))
+                                   for s in range(args.sets)])
+                mean, std = bu.mean_std(rows)
+                label = mode + ("" if len(args.num_steps) == 1 else f"@{num_steps}")
+                label += "" if use_ema else "/online"
+                results[label] = {"mean": mean.tolist(), "std": std.tolist()}
     print(f"training: {train_s:.0f} s ({t1 - t0:.0f} s of it ambient-only); "
           f"{args.sets} sample sets of {n} per mode, mean ± std:")
-    print(f"{'mode':<10} {'resid_noise':>15} {'FD_pca':>15} {'FD_clf':>15}")
+    print(f"{'mode':<18} {'resid_noise':>15} {'FD_pca':>15} {'FD_clf':>15}")
     for mode, r in results.items():
-        print(f"{mode:<10} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(r["mean"], r["std"])))
+        print(f"{mode:<18} " + " ".join(f"{m:>7.3f} ± {s:<5.3f}" for m, s in zip(r["mean"], r["std"])))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"settings": vars(args), "training_s": train_s, "ambient_only_s": t1 - t0,

@@ -88,11 +88,15 @@ class AmbientLoss:
 
     def sample_sigma(self, sigma_n, seed, denoiser=None):
         """Draws one training level `sigma_t > sigma_n` per sample."""
+        u = backend_fast_paths.random_uniform(ops.shape(sigma_n), seed=seed)
+        return self.sigma_from_uniform(u, sigma_n, denoiser=denoiser)
+
+    def sigma_from_uniform(self, uniform, sigma_n, denoiser=None):
+        """The training level of each U[0, 1) draw in `uniform`: the law's inverse CDF above `sigma_n`."""
         sigma_n = ops.cast(sigma_n, "float32")
-        u = keras.random.uniform(ops.shape(sigma_n), seed=seed)
         if self.noise_distribution == "denoiser":
             sampler = getattr(denoiser, "sample_training_sigma", None)
-            sigma = None if sampler is None else sampler(u, sigma_n)
+            sigma = None if sampler is None else sampler(uniform, sigma_n)
             if sigma is None:
                 raise ValueError(
                     "AmbientLoss(noise_distribution='denoiser') needs a denoiser that "
@@ -102,10 +106,10 @@ class AmbientLoss:
             return ops.minimum(sigma, self.sigma_max)
         if self.noise_distribution == "log_normal":
             return equations.truncated_log_normal_sigma(
-                u, sigma_n, self.p_mean, self.p_std, sigma_upper=self.sigma_max
+                uniform, sigma_n, self.p_mean, self.p_std, sigma_upper=self.sigma_max
             )
         low = equations.strict_lower_bound(sigma_n)
-        return low + u * ops.maximum(self.sigma_max - low, 0.0)
+        return low + uniform * ops.maximum(self.sigma_max - low, 0.0)
 
     def weight(self, sigma_t, sigma_n):
         """The per-sample weight `w(sigma_t, sigma_n)` of M3."""
@@ -132,16 +136,19 @@ class AmbientLoss:
         """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
-        sigma_t, noise = self._draws(y, sigma_n, seed, denoiser)
+        uniform, noise = self._draws(y, sigma_n, seed)
         if not isinstance(denoiser, keras.layers.Layer):
-            return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, sigma_t, noise,
+            return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, uniform, noise,
                                                     condition=condition, training=training))
-        # The deterministic rest, compiled where the backend allows it
-        # (utils/backend_fast_paths.py; torch: a checked trace in training).
+        if self.noise_distribution == "denoiser":  # its error before a trace, not inside it
+            self.sigma_from_uniform(ops.zeros((1,)), ops.zeros((1,)), denoiser=denoiser)
+        # The deterministic rest (the training level from its draw, M1, the network,
+        # M3), compiled where the backend allows it (utils/backend_fast_paths.py;
+        # torch: a checked trace in training).
         static = tuple(sorted(self.get_config().items()))
         loss_at = backend_fast_paths.training_function(denoiser, self._loss_at, owner=self,
                                                        static_key=static, training=training)
-        return AmbientLossOutput(*loss_at(y, sigma_n, sigma_t, noise, condition=condition))
+        return AmbientLossOutput(*loss_at(y, sigma_n, uniform, noise, condition=condition))
 
     def noised_inputs(self, y, sigma_n, seed=None, denoiser=None):
         """The network's inputs `(x_t, sigma_t)`: `sigma_t > sigma_n` drawn, `x_t` by M1.
@@ -153,7 +160,8 @@ class AmbientLoss:
         """
         y = ops.cast(y, "float32")
         sigma_n = ops.reshape(ops.cast(sigma_n, "float32"), (-1,))
-        sigma_t, noise = self._draws(y, sigma_n, seed, denoiser)
+        uniform, noise = self._draws(y, sigma_n, seed)
+        sigma_t = self.sigma_from_uniform(uniform, sigma_n, denoiser=denoiser)
         return self._noised(y, sigma_n, sigma_t, noise), sigma_t
 
     def loss_from_denoised(self, denoised, y, sigma_n, x_t, sigma_t):
@@ -166,18 +174,20 @@ class AmbientLoss:
         loss = self.weight(sigma_t, sigma_n) * sq_err
         return AmbientLossOutput(loss, x_t, sigma_t, denoised)
 
-    def _draws(self, y, sigma_n, seed, denoiser):
-        """The random part: `sigma_t` per sample, then the noise `z'` (in this order)."""
-        sigma_t = self.sample_sigma(sigma_n, seed, denoiser=denoiser)
-        return sigma_t, keras.random.normal(ops.shape(y), seed=seed)
+    def _draws(self, y, sigma_n, seed):
+        """The random part: a U[0, 1) draw per sample (its training level), then the noise `z'`."""
+        uniform = backend_fast_paths.random_uniform(ops.shape(sigma_n), seed=seed)
+        return uniform, backend_fast_paths.random_normal(ops.shape(y), seed=seed)
 
     @staticmethod
     def _noised(y, sigma_n, sigma_t, noise):
         return equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
                                              equations.expand_to(sigma_t, y), noise)
 
-    def _loss_at(self, denoiser, y, sigma_n, sigma_t, noise, condition=None, training=True):
-        """The loss given the draws `sigma_t` and `noise` (no randomness here): a tuple."""
+    def _loss_at(self, denoiser, y, sigma_n, uniform, noise, condition=None, training=True):
+        """The loss given the draws `uniform` (the training levels') and `noise` (no
+        randomness here): a tuple."""
+        sigma_t = self.sigma_from_uniform(uniform, sigma_n, denoiser=denoiser)
         x_t = self._noised(y, sigma_n, sigma_t, noise)
         denoised = denoiser(denoiser_inputs(x_t, sigma_t, condition), training=training)
         return tuple(self.loss_from_denoised(denoised, y, sigma_n, x_t, sigma_t))

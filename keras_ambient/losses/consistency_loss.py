@@ -137,7 +137,7 @@ class ConsistencyLoss:
         low = ops.minimum(self.sigma_min, 0.5 * t)
         if self.max_gap is not None:
             low = ops.maximum(low, t - self.max_gap)
-        u = keras.random.uniform(ops.shape(t), seed=seed)
+        u = backend_fast_paths.random_uniform(ops.shape(t), seed=seed)
         if self.s_distribution == "uniform":
             return low + u * (t - low)
         return ops.exp(ops.log(low) + u * (ops.log(t) - ops.log(low)))
@@ -228,7 +228,7 @@ class ConsistencyLoss:
             t = ops.maximum(self.start_scale * sigma_n, self.sigma_min)
             x_t = y
             if self.start_scale > 1.0:
-                noise = keras.random.normal(ops.shape(y), seed=seed)
+                noise = backend_fast_paths.random_normal(ops.shape(y), seed=seed)
                 x_t = equations.add_diffusion_noise(y, equations.expand_to(sigma_n, y),
                                                     equations.expand_to(t, y), noise)
             denoised_t = self._denoise(driver, x_t, t, condition, training, grad=own_target)
@@ -251,7 +251,7 @@ class ConsistencyLoss:
             if i > 0:
                 x0_hat = self._denoise(driver, x, levels[i], cond_k, training,
                                        grad=grad_chain and target_denoiser is None)
-            noise = keras.random.normal(ops.shape(x), seed=seed)
+            noise = backend_fast_paths.random_normal(ops.shape(x), seed=seed)
             x = self.move(x, x0_hat, levels[i], levels[i + 1], noise)
         if not grad_chain:
             x = ops.stop_gradient(x)

@@ -54,6 +54,12 @@ feature maps: torch's one-kernel `group_norm` on torch (the U-Net's layers on
 the torch backend, whose layout is channels first), None elsewhere (the
 caller then runs `keras.layers.GroupNormalization`'s own call).
 
+`random_normal(shape, seed)` and `random_uniform(shape, seed)` are
+`keras.random.normal` / `keras.random.uniform`: on torch, with a
+`SeedGenerator`, the same numbers and seed-state update as Keras's in a few
+torch calls instead of about fifteen dispatched Keras operations (the training
+losses draw several times per step); Keras's own draw elsewhere.
+
 `ema_updater(targets, sources)` returns `update(decay)`, which updates a
 weight EMA in place (`t <- decay * t + (1 - decay) * s` for every pair) in a
 few fused calls where the backend allows it:
@@ -69,6 +75,7 @@ few fused calls where the backend allows it:
 
 import contextlib
 import warnings
+import weakref
 
 import keras
 from keras import ops
@@ -305,6 +312,87 @@ def _torch_ema_updater(targets, sources):
         return True
 
     return update
+
+
+# ------------------------------------------------------------ random draws
+def random_normal(shape, seed=None, dtype=None):
+    """`keras.random.normal(shape, seed=seed, dtype=dtype)`: the same numbers and the
+    same update of the seed's state, on torch in a few calls (`_torch_draw`)."""
+    draw = _torch_draw(seed, dtype)
+    if draw is None:
+        return keras.random.normal(shape, seed=seed, dtype=dtype)
+    torch, generator, torch_dtype, device = draw
+    return torch.normal(0.0, 1.0, size=tuple(shape), generator=generator, dtype=torch_dtype,
+                        device=device)
+
+
+def random_uniform(shape, seed=None, dtype=None):
+    """`keras.random.uniform(shape, seed=seed, dtype=dtype)` on [0, 1), as `random_normal`."""
+    draw = _torch_draw(seed, dtype)
+    if draw is None:
+        return keras.random.uniform(shape, seed=seed, dtype=dtype)
+    torch, generator, torch_dtype, device = draw
+    shape = tuple(shape)
+    out = torch.rand(size=shape or (1,), generator=generator, dtype=torch_dtype, device=device)
+    return out if shape else out[0]
+
+
+_TORCH_SEEDS = weakref.WeakKeyDictionary()  # SeedGenerator -> (state tensor, increment, device)
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _torch_draw(seed, dtype):
+    """`(torch, generator, dtype, device)` for one draw from the `SeedGenerator` `seed`, or
+    None (then the caller draws with `keras.random`).
+
+    Keras's torch draw costs about 15 small dispatched operations, most of them in
+    `SeedGenerator.next` (copy the state, build the increment, add, assign) at several
+    microseconds each: more than the draw. This does what Keras 3.15 does
+    (keras/src/backend/torch/random.py: a `torch.Generator` seeded with the state's
+    two entries' sum modulo 2**32, then the state's counter incremented by one) on the
+    state's own tensor. Keras's scheme is not public API: tests/test_backend_fast_paths.py
+    compares every draw and the state after it with `keras.random`'s, and fails if a
+    Keras version draws differently.
+
+    Only the variable's own tensor is advanced in place: a state seen for the first time
+    must be a `torch.nn.Parameter` (a `StatelessScope`'s value is not) and later calls
+    must find the same tensor; with `torch.compile` tracing, `set_enabled(False)`, a
+    seed that is not a `SeedGenerator` (an int, None), a generator whose `next` is
+    overridden (unless it says its stream is the plain one: `uses_plain_stream()`) or a
+    dtype that is not floating point, Keras draws.
+    """
+    if not _ENABLED or keras.backend.backend() != "torch" \
+            or not isinstance(seed, keras.random.SeedGenerator):
+        return None
+    if type(seed).next is not keras.random.SeedGenerator.next:
+        plain = getattr(seed, "uses_plain_stream", None)
+        if plain is None or not plain():
+            return None
+    dtype = keras.backend.standardize_dtype(dtype or keras.backend.floatx())
+    if dtype not in _FLOAT_DTYPES:
+        return None
+    import torch
+
+    if _compiling(torch):
+        return None
+    value = seed.state.value
+    cached = _TORCH_SEEDS.get(seed)
+    if cached is None or cached[0] is not value:
+        if not (isinstance(value, torch.nn.Parameter) and tuple(value.shape) == (2,)
+                and value.dtype in (torch.int32, torch.int64)):
+            return None
+        device = ops.convert_to_tensor(0.0).device  # where Keras creates tensors
+        if device.type == "meta":
+            return None
+        cached = (value, torch.tensor([0, 1], dtype=value.dtype, device=value.device), device)
+        _TORCH_SEEDS[seed] = cached
+    _, increment, device = cached
+    with torch.no_grad():
+        first, second = value.tolist()
+        value.add_(increment)
+    generator = torch.Generator(device=device)
+    generator.manual_seed((first + second) & 0xFFFFFFFF)
+    return torch, generator, getattr(torch, dtype), device
 
 
 # -------------------------------------------------------- group normalisation

@@ -48,14 +48,19 @@ class SavedSeedGenerator(keras.random.SeedGenerator, KerasSaveable):
 
     def next(self, ordered=True):
         seed = super().next(ordered=ordered)
-        replica, count = replica_id_and_count()
-        if isinstance(count, int) and count <= 1:
+        if self.uses_plain_stream():
             return seed
+        replica, count = replica_id_and_count()
         offset = keras.ops.cast(replica, seed.dtype) * keras.ops.cast(
             REPLICA_STRIDE, seed.dtype
         )
         zero = keras.ops.zeros_like(offset)
         return seed + keras.ops.stack([offset, zero])
+
+    def uses_plain_stream(self):
+        """Whether `next` is `keras.random.SeedGenerator.next` here (one replica)."""
+        count = replica_id_and_count()[1]
+        return isinstance(count, int) and count <= 1
 
     def save_own_variables(self, store):
         store["0"] = self.state

@@ -237,9 +237,10 @@ def test_training_through_the_fast_paths_matches_the_generic_training():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     moved = [np.abs(a - b).max() for a, b in zip(fast_model.denoiser.get_weights(), initial)]
     assert max(moved) > 1e-2
-    if keras.backend.backend() == "torch":  # the traced loss was used, not the fallback
+    if keras.backend.backend() == "torch":  # the traced loss and fast draws were used
         traces = _traces(fast_model.denoiser)
         assert traces and all(t is not None for t in traces)
+        assert fast_model.seed_generator in fast._TORCH_SEEDS
     assert not _traces(generic_model.denoiser)
 
 
@@ -417,6 +418,20 @@ def test_draws_inside_a_stateless_scope_leave_the_variable_alone():
     reference.state.assign(new_state)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(got),
                                   keras.ops.convert_to_numpy(keras.random.normal((3,), seed=reference)))
+
+
+def test_draws_in_a_stateless_scope_without_the_state_go_to_the_scope():
+    ours, theirs = keras.random.SeedGenerator(6), keras.random.SeedGenerator(6)
+    fast.random_normal((2,), seed=ours)  # cached outside the scope
+    keras.random.normal((2,), seed=theirs)
+    before = keras.ops.convert_to_numpy(ours.state.value).copy()
+    with keras.StatelessScope() as scope:
+        got = fast.random_normal((3,), seed=ours)
+        advanced = keras.ops.convert_to_numpy(scope.get_current_value(ours.state))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours.state.value), before)
+    np.testing.assert_array_equal(advanced, before + [0, 1])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got),
+                                  keras.ops.convert_to_numpy(keras.random.normal((3,), seed=theirs)))
 
 
 def test_draws_use_keras_when_disabled(generic_path):

@@ -98,6 +98,24 @@ def test_uniform_noise_distribution_bounds():
     s = to_numpy(fn.sample_sigma(sn, keras.random.SeedGenerator(0)))
     assert np.all(s > sn) and np.all(s <= 3.0)
     np.testing.assert_allclose(s[sn == 2.0].mean(), 2.5, atol=0.03)
+    # A Python scalar `sigma_n` draws one level, from the same law.
+    one = to_numpy(fn.sample_sigma(2.0, keras.random.SeedGenerator(0)))
+    assert one.shape == () and 2.0 < one <= 3.0
+
+
+def test_training_levels_are_the_inverse_cdf_of_a_uniform_draw():
+    """`sample_sigma` = `sigma_from_uniform` of a U[0, 1) draw; the log-normal law
+    truncated above sigma_n: u = 0 gives sigma_n, the median of the untruncated law
+    (sigma_n = 0) is exp(p_mean)."""
+    fn = ka.losses.AmbientLoss(p_mean=-1.0, p_std=1.5)
+    u = np.array([0.0, 0.5, 0.5], "float32")
+    sn = np.array([0.3, 0.0, 0.3], "float32")
+    s = to_numpy(fn.sigma_from_uniform(u, sn))
+    assert s[0] == pytest.approx(0.3, rel=1e-3)
+    assert s[1] == pytest.approx(np.exp(-1.0), rel=1e-4)
+    from scipy.stats import norm
+    a = norm.cdf((np.log(0.3) + 1.0) / 1.5)  # the law's median above 0.3
+    assert s[2] == pytest.approx(np.exp(-1.0 + 1.5 * norm.ppf(a + 0.5 * (1 - a))), rel=1e-4)
 
 
 @pytest.mark.parametrize("start, num_steps", [("ambient", 1), ("ambient", 3), ("data", 1), ("data", 2)])

@@ -1,4 +1,5 @@
 import collections
+import weakref
 
 import keras
 from keras import ops
@@ -85,9 +86,13 @@ class AmbientLoss:
         self.p_mean = check_scalar("p_mean", p_mean)
         self.p_std = check_scalar("p_std", p_std, minimum=0, min_inclusive=False)
         self.sigma_max = check_scalar("sigma_max", sigma_max, minimum=0, min_inclusive=False)
+        self._laws_checked = weakref.WeakSet()  # denoisers whose training law was checked
 
     def sample_sigma(self, sigma_n, seed, denoiser=None):
-        """Draws one training level `sigma_t > sigma_n` per sample."""
+        """Draws one training level `sigma_t > sigma_n` per sample: a U[0, 1) draw
+        mapped by `sigma_from_uniform` (training draws the uniform and maps it in two
+        steps, so a subclass changes the law by overriding `sigma_from_uniform`)."""
+        sigma_n = ops.cast(sigma_n, "float32")
         u = backend_fast_paths.random_uniform(ops.shape(sigma_n), seed=seed)
         return self.sigma_from_uniform(u, sigma_n, denoiser=denoiser)
 
@@ -140,8 +145,10 @@ class AmbientLoss:
         if not isinstance(denoiser, keras.layers.Layer):
             return AmbientLossOutput(*self._loss_at(denoiser, y, sigma_n, uniform, noise,
                                                     condition=condition, training=training))
-        if self.noise_distribution == "denoiser":  # its error before a trace, not inside it
+        if self.noise_distribution == "denoiser" and denoiser not in self._laws_checked:
+            # Its error before a trace, not inside it; once per denoiser.
             self.sigma_from_uniform(ops.zeros((1,)), ops.zeros((1,)), denoiser=denoiser)
+            self._laws_checked.add(denoiser)
         # The deterministic rest (the training level from its draw, M1, the network,
         # M3), compiled where the backend allows it (utils/backend_fast_paths.py;
         # torch: a checked trace in training).

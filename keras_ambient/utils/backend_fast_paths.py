@@ -49,6 +49,10 @@ ambient loss after its random draws: losses/ambient_loss.py), for training:
 - every other case (other backends, whose train steps are compiled anyway;
   `set_enabled(False)`): `fn` itself, eagerly.
 
+What `fn` reads besides its tensor arguments and the weights (the loss's settings, which
+are in the key; the denoiser's attributes, its training-level law's among them) is
+fixed in a trace when it is recorded: change them by building a new denoiser.
+
 `group_norm(x, num_groups, gamma, beta, epsilon)` normalises channels-first
 feature maps: torch's one-kernel `group_norm` on torch (the U-Net's layers on
 the torch backend, whose layout is channels first), None elsewhere (the
@@ -81,6 +85,28 @@ import keras
 from keras import ops
 
 from keras_ambient.utils.structures import denoiser_inputs
+
+# Private Keras API: no public function says whether a `StatelessScope` is active, and
+# the in-place torch paths below (the fused EMA update, the seed state's update) must
+# not run in one (an assignment there goes to the scope, not to the variable). Tested on
+# Keras 3.15.1 (pyproject.toml keeps keras below 3.16); without it those paths are off.
+try:
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as _in_stateless_scope
+except ImportError:  # pragma: no cover
+    _in_stateless_scope = None
+
+
+def _keras_version():
+    try:
+        return tuple(int(part) for part in keras.version().split(".")[:2])
+    except ValueError:  # pragma: no cover (a development version string)
+        return (0, 0)
+
+
+# Keras's torch draw seeds a `torch.Generator` with the state's sum modulo 2**32 from
+# Keras 3.15 (earlier versions seed with the sum unmasked: other numbers for a negative
+# sum), so the fast draws below are used from 3.15 on.
+_DRAWS_LIKE_KERAS = _keras_version() >= (3, 15) and _in_stateless_scope is not None
 
 _ENABLED = True
 _ATTR = "_keras_ambient_inference_call"
@@ -297,9 +323,10 @@ def _torch_ema_updater(targets, sources):
             return None
 
     def update(decay):
-        # Inside a StatelessScope (a stateless call) a variable's `value` is the
-        # scope's, not its tensor; or set_enabled(False) after the updater was made.
-        if not _ENABLED or targets[0].value is not first:
+        # Inside a StatelessScope (a stateless call) assignments go to the scope; or
+        # set_enabled(False) after the updater was made.
+        if not _ENABLED or targets[0].value is not first \
+                or _in_stateless_scope is None or _in_stateless_scope():
             return False
         decay = torch.as_tensor(decay)
         if decay.dtype != first.dtype or decay.ndim != 0:
@@ -337,7 +364,7 @@ def random_uniform(shape, seed=None, dtype=None):
     return out if shape else out[0]
 
 
-_TORCH_SEEDS = weakref.WeakKeyDictionary()  # SeedGenerator -> (state tensor, increment, device)
+_TORCH_SEEDS = weakref.WeakKeyDictionary()  # SeedGenerator -> (state tensor, increment)
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -348,32 +375,38 @@ def _torch_draw(seed, dtype):
     Keras's torch draw costs about 15 small dispatched operations, most of them in
     `SeedGenerator.next` (copy the state, build the increment, add, assign) at several
     microseconds each: more than the draw. This does what Keras 3.15 does
-    (keras/src/backend/torch/random.py: a `torch.Generator` seeded with the state's
-    two entries' sum modulo 2**32, then the state's counter incremented by one) on the
-    state's own tensor. Keras's scheme is not public API: tests/test_backend_fast_paths.py
-    compares every draw and the state after it with `keras.random`'s, and fails if a
-    Keras version draws differently.
+    (keras/src/backend/torch/random.py: a `torch.Generator` on the current device seeded
+    with the state's two entries' sum modulo 2**32, then the state's counter incremented by
+    one) on the state's own tensor. Keras's scheme is not public API: it is used on the
+    Keras versions that draw this way (`_DRAWS_LIKE_KERAS`), and
+    tests/test_backend_fast_paths.py compares every draw and the state after it with
+    `keras.random`'s.
 
-    Only the variable's own tensor is advanced in place: a state seen for the first time
-    must be a `torch.nn.Parameter` (a `StatelessScope`'s value is not) and later calls
-    must find the same tensor; with `torch.compile` tracing, `set_enabled(False)`, a
-    seed that is not a `SeedGenerator` (an int, None), a generator whose `next` is
-    overridden (unless it says its stream is the plain one: `uses_plain_stream()`) or a
-    dtype that is not floating point, Keras draws.
+    Keras draws instead: off torch; inside a `StatelessScope` (its assignments go to the
+    scope) or while `torch.compile` traces; on the meta device; with `set_enabled(False)`;
+    for a seed that is not a `SeedGenerator` (an int, None) or whose `next` is not Keras's
+    (`SavedSeedGenerator`'s is, with one replica: `uses_plain_stream()`); for a dtype that
+    is not floating point; or when the state's value is not the variable's own
+    `torch.nn.Parameter`.
     """
-    if not _ENABLED or keras.backend.backend() != "torch" \
+    if not (_ENABLED and _DRAWS_LIKE_KERAS) or keras.backend.backend() != "torch" \
             or not isinstance(seed, keras.random.SeedGenerator):
         return None
-    if type(seed).next is not keras.random.SeedGenerator.next:
-        plain = getattr(seed, "uses_plain_stream", None)
-        if plain is None or not plain():
+    next_method = type(seed).next
+    if next_method is not keras.random.SeedGenerator.next:
+        from keras_ambient.utils.seeding import SavedSeedGenerator
+
+        if next_method is not SavedSeedGenerator.next or not seed.uses_plain_stream():
             return None
     dtype = keras.backend.standardize_dtype(dtype or keras.backend.floatx())
     if dtype not in _FLOAT_DTYPES:
         return None
     import torch
 
-    if _compiling(torch):
+    if _compiling(torch) or _in_stateless_scope():
+        return None
+    device = ops.convert_to_tensor(0.0).device  # where Keras creates tensors now
+    if device.type == "meta":
         return None
     value = seed.state.value
     cached = _TORCH_SEEDS.get(seed)
@@ -381,12 +414,9 @@ def _torch_draw(seed, dtype):
         if not (isinstance(value, torch.nn.Parameter) and tuple(value.shape) == (2,)
                 and value.dtype in (torch.int32, torch.int64)):
             return None
-        device = ops.convert_to_tensor(0.0).device  # where Keras creates tensors
-        if device.type == "meta":
-            return None
-        cached = (value, torch.tensor([0, 1], dtype=value.dtype, device=value.device), device)
+        cached = (value, torch.tensor([0, 1], dtype=value.dtype, device=value.device))
         _TORCH_SEEDS[seed] = cached
-    _, increment, device = cached
+    increment = cached[1]
     with torch.no_grad():
         first, second = value.tolist()
         value.add_(increment)

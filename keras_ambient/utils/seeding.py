@@ -19,7 +19,8 @@ global batch: one stream, nothing to do.)
 
 import keras
 
-# Private Keras API, the library's only import from `keras.src`: no public class marks
+# Private Keras API (with utils/backend_fast_paths.py's `in_stateless_scope`, the
+# library's only imports from `keras.src`): no public class marks
 # an object whose state `save_weights` / `save` must write. Tested on Keras 3.15.1
 # (pyproject.toml bounds keras below 3.16 until the suite passes on a newer minor);
 # tests/test_resume.py and the seed-state tests in tests/test_reliability.py fail if it

@@ -104,9 +104,8 @@ def test_uniform_noise_distribution_bounds():
 
 
 def test_training_levels_are_the_inverse_cdf_of_a_uniform_draw():
-    """`sample_sigma` = `sigma_from_uniform` of a U[0, 1) draw; the log-normal law
-    truncated above sigma_n: u = 0 gives sigma_n, the median of the untruncated law
-    (sigma_n = 0) is exp(p_mean)."""
+    """`sigma_from_uniform` is the inverse CDF of the log-normal law truncated above
+    sigma_n: u = 0 gives sigma_n, u = 0.5 the law's median (exp(p_mean) untruncated)."""
     fn = ka.losses.AmbientLoss(p_mean=-1.0, p_std=1.5)
     u = np.array([0.0, 0.5, 0.5], "float32")
     sn = np.array([0.3, 0.0, 0.3], "float32")

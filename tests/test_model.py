@@ -1,6 +1,7 @@
 """AmbientDiffusion: training through fit, EMA, sampling modes, saving, errors."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -368,9 +369,27 @@ def test_save_and_load_round_trip(tmp_path):
     for use_ema in (True, False):
         np.testing.assert_allclose(restored.denoise(y[:8], 0.4, use_ema=use_ema),
                                    model.denoise(y[:8], 0.4, use_ema=use_ema), atol=1e-6)
-    # Training continues after loading (recompile: optimizer state is backend-specific).
-    restored.compile(optimizer=keras.optimizers.Adam(1e-3))
+    # The optimizer comes back with its state (Keras skips it, with a warning, for a
+    # model that overrides `compile`, unless the model restores it itself), and
+    # training goes on from it.
+    assert isinstance(restored.optimizer, keras.optimizers.Adam)
+    assert int(to_numpy(restored.optimizer.iterations)) == int(to_numpy(model.optimizer.iterations)) == 2
+    assert len(restored.optimizer.variables) == len(model.optimizer.variables)
+    for got, want in zip(restored.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
     assert np.isfinite(restored.fit(y, batch_size=64, epochs=1, verbose=0).history["loss"][-1])
+    assert int(to_numpy(restored.optimizer.iterations)) == 4
+
+
+def test_loading_a_compiled_model_warns_of_nothing(tmp_path):
+    model = small_model()
+    model.fit(mixture_data(64), batch_size=64, epochs=1, verbose=0)
+    path = os.path.join(str(tmp_path), "ambient.keras")
+    model.save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras.models.load_model(path)
+    assert not [w for w in caught if "compile" in str(w.message)], [str(w.message) for w in caught]
 
 
 @pytest.mark.slow
@@ -386,7 +405,14 @@ def test_saved_model_loads_in_the_other_backends(tmp_path):
         "import json, numpy as np, keras, keras_ambient as ka\n"
         f"m = keras.models.load_model({path!r})\n"
         f"x = np.load({os.path.join(str(tmp_path), 'x.npy')!r})\n"
-        "print(json.dumps({'out': m.denoise(x, 0.3).tolist(), 'b': keras.backend.backend()}))\n"
+        "out = m.denoise(x, 0.3).tolist()\n"
+        "steps = int(keras.ops.convert_to_numpy(m.optimizer.iterations))\n"
+        # Training goes on with the saved optimizer state (torch saves its optimizer
+        # under a torch-only class, which the model maps back to the public one).
+        "loss = m.fit(np.concatenate([x] * 8), batch_size=32, epochs=1, verbose=0).history['loss'][-1]\n"
+        "after = int(keras.ops.convert_to_numpy(m.optimizer.iterations))\n"
+        "print(json.dumps({'out': out, 'b': keras.backend.backend(), 'steps': steps, 'after': after,\n"
+        "                  'loss': float(loss)}))\n"
     )
     for backend in BACKENDS:
         if backend == keras.backend.backend():
@@ -394,6 +420,7 @@ def test_saved_model_loads_in_the_other_backends(tmp_path):
         result = run_in_backend(backend, code)
         assert result["b"] == backend
         np.testing.assert_allclose(np.array(result["out"]), expected, atol=1e-5)
+        assert (result["steps"], result["after"]) == (2, 4) and np.isfinite(result["loss"]), result
 
 
 def test_mixed_precision_keeps_losses_in_float32():

@@ -767,6 +767,31 @@ class AmbientDiffusion(keras.Model):
         self._ema_pairs = None  # `trainable` flags may have changed: read them again
         return super().compile(*args, **kwargs)
 
+    def compile_from_config(self, config):
+        """Compiles a loaded model as it was saved (optimizer, its state follows).
+
+        Keras skips this, with a warning, for every model that overrides
+        `compile`: the loaded model then had no optimizer, and `fit` after
+        `load_model` could not go on. This model's `compile` only forgets its
+        cached EMA weight pairs, so the saved arguments are restored as Keras
+        restores them for any model; Keras then loads the optimizer's variables.
+
+        On torch, Keras saves the optimizer under its torch-only class (module
+        `keras.src.backend.torch.optimizers...`), which fails to train on JAX or
+        TensorFlow; such an entry is read as the public `keras.optimizers` class
+        of the same name, which each backend maps to its own implementation, so
+        a model saved on one backend goes on training on another.
+        """
+        config = dict(config)
+        optimizer = config.get("optimizer")
+        if (isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend.")
+                and hasattr(keras.optimizers, str(optimizer.get("class_name")))):
+            config["optimizer"] = dict(optimizer, module="keras.optimizers")
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_on_batch(self, *args, **kwargs):
         self._steps_started = None  # one step: the count is read from `ema_step` again
         self._ema_pairs = None

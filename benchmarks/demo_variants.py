@@ -22,6 +22,7 @@ Usage:
     KERAS_BACKEND=jax python benchmarks/demo_variants.py --steps 1300 --consistency-interval 1
     KERAS_BACKEND=jax python benchmarks/demo_variants.py --base-channels 32 --json c32.json
     KERAS_BACKEND=jax python benchmarks/demo_variants.py --online --num-steps 18 40  # EMA or not; sampler steps
+    KERAS_BACKEND=jax python benchmarks/demo_variants.py --guide-step 600 --guidance 1.5 2  # autoguidance
 """
 
 import argparse
@@ -57,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate in the residual blocks")
     p.add_argument("--attention", type=int, nargs="*", default=[],
                    help="feature-map heights with self-attention (e.g. 4)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay (AdamW instead of Adam when > 0)")
     p.add_argument("--consistency-weight", type=float, default=30.0)
     p.add_argument("--p-mean", type=float, default=-1.2, help="AmbientLoss p_mean (training-level law)")
     p.add_argument("--batch-fraction", type=float, default=0.25, help="ConsistencyLoss batch_fraction")
@@ -69,6 +72,11 @@ def parse_args(argv=None):
                    help="sampler levels; several values sample the one model with each")
     p.add_argument("--online", action="store_true",
                    help="also sample the online network (use_ema=False)")
+    p.add_argument("--guide-step", type=int, default=None,
+                   help="autoguidance (Karras et al. 2024): keep the EMA network of this training step as "
+                        "the guide and sample full mode also with D_guide + w (D - D_guide)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.5],
+                   help="autoguidance weights w (with --guide-step; w = 1 is no guidance)")
     p.add_argument("--sets", type=int, default=3, help="sample sets per mode (sampling seeds 0..sets-1)")
     p.add_argument("--num-samples", type=int, default=None, help="images per set (default: as many as "
                    "the training digits, as the main job; FD depends on the count)")
@@ -100,8 +108,9 @@ def main(args):
     rng = np.random.default_rng(args.seed)
     need = total * args.batch_size
     order = np.concatenate([rng.permutation(len(y)) for _ in range(need // len(y) + 1)])[:need]
-    optimizer = keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=total, alpha=0.05))
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=total, alpha=0.05)
+    optimizer = (keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay) if args.weight_decay
+                 else keras.optimizers.Adam(schedule))
     split = args.ambient_steps * args.batch_size
     t0 = time.perf_counter()
     if args.ambient_steps:
@@ -113,8 +122,17 @@ def main(args):
         model.consistency_weight = args.consistency_weight
     t1 = time.perf_counter()
     model.compile(optimizer=optimizer)
+    guide_weights = []
+
+    class KeepGuide(keras.callbacks.Callback):
+        # The EMA weights at `--guide-step` (`self.model` syncs JAX's training state).
+        def on_train_batch_end(self, batch, logs=None):
+            if args.ambient_steps + batch + 1 == args.guide_step:
+                guide_weights[:] = [keras.ops.convert_to_numpy(v) for v in self.model.ema_denoiser.weights]
+
     if args.steps:
-        model.fit(y[order[split:]], batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+        model.fit(y[order[split:]], batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[KeepGuide()] if args.guide_step else [])
     train_s = time.perf_counter() - t0
 
     pca = ev.make_feature_extractor(x_train, "pca", num_features=16)
@@ -136,6 +154,24 @@ def main(args):
                 label = mode + ("" if len(args.num_steps) == 1 else f"@{num_steps}")
                 label += "" if use_ema else "/online"
                 results[label] = {"mean": mean.tolist(), "std": std.tolist()}
+    if args.guide_step:
+        if not guide_weights:
+            raise SystemExit(f"--guide-step {args.guide_step} is not a step of the run")
+        guide = ka.AmbientDiffusion.from_config(model.get_config())
+        guide.build()
+        for v, w in zip(guide.ema_denoiser.weights, guide_weights):
+            v.assign(w)
+        for weight in args.guidance:
+            def guided_heun(denoise_fn, x, sigmas, *, seed=None, verbose=0, weight=weight, **options):
+                def guided(x, sigma):  # D_w = D_guide + w (D - D_guide)
+                    d_guide = keras.ops.convert_to_tensor(guide.denoise(x, sigma, batch_size=n))
+                    return d_guide + weight * (denoise_fn(x, sigma) - d_guide)
+                return ka.samplers.sample_heun(guided, x, sigmas, seed=seed, verbose=verbose, **options)
+
+            rows = np.asarray([measure(model.generate(n, seed=s, batch_size=n, mode="full", sigma_min=0.05,
+                                                      sampler=guided_heun)) for s in range(args.sets)])
+            mean, std = bu.mean_std(rows)
+            results[f"full/guide{args.guide_step}/w{weight:g}"] = {"mean": mean.tolist(), "std": std.tolist()}
     print(f"training: {train_s:.0f} s ({t1 - t0:.0f} s of it ambient-only); "
           f"{args.sets} sample sets of {n} per mode, mean ± std:")
     print(f"{'mode':<18} {'resid_noise':>15} {'FD_pca':>15} {'FD_clf':>15}")

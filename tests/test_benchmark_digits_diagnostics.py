@@ -4,6 +4,7 @@ benchmarks/demo_variants.py (its two-phase training keeps one optimizer and sche
 `benchmarks` holds scripts, not a package: the modules are imported by path.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -77,3 +78,17 @@ def test_demo_variants_smoke_two_phases():
     assert model.consistency_weight == 30.0
     for mode in ("full", "truncated"):
         assert np.all(np.isfinite(results[mode]["mean"])) and len(results[mode]["std"]) == 3
+
+
+@pytest.mark.one_backend
+@pytest.mark.slow
+def test_demo_variants_autoguidance_and_weight_decay():
+    variants = load_benchmark("demo_variants")
+    args = variants.parse_args(["--steps", "3", "--guide-step", "2", "--guidance", "1", "2", "--sets", "1",
+                                "--num-samples", "16", "--weight-decay", "0.1"])
+    results, model = variants.main(args)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == 0.1
+    # w = 1 is no guidance: the same samples as plain full sampling, whatever the guide.
+    np.testing.assert_allclose(results["full/guide2/w1"]["mean"], results["full"]["mean"], rtol=1e-5)
+    # w = 2 extrapolates away from the guide (the weights of step 2, not those of step 3).
+    assert not np.allclose(results["full/guide2/w2"]["mean"], results["full"]["mean"], rtol=1e-3)

@@ -370,8 +370,7 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_allclose(restored.denoise(y[:8], 0.4, use_ema=use_ema),
                                    model.denoise(y[:8], 0.4, use_ema=use_ema), atol=1e-6)
     # The optimizer comes back with its state (Keras skips it, with a warning, for a
-    # model that overrides `compile`, unless the model restores it itself), and
-    # training goes on from it.
+    # model that overrides `compile`), and training goes on from it.
     assert isinstance(restored.optimizer, keras.optimizers.Adam)
     assert int(to_numpy(restored.optimizer.iterations)) == int(to_numpy(model.optimizer.iterations)) == 2
     assert len(restored.optimizer.variables) == len(model.optimizer.variables)

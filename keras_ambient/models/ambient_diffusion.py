@@ -763,18 +763,8 @@ class AmbientDiffusion(keras.Model):
             callbacks.append(_ReadStepCount())
         return super().fit(x, y, callbacks=callbacks, **kw)
 
-    def compile(self, *args, **kwargs):
-        self._ema_pairs = None  # `trainable` flags may have changed: read them again
-        return super().compile(*args, **kwargs)
-
     def compile_from_config(self, config):
-        """Compiles a loaded model as it was saved (optimizer, its state follows).
-
-        Keras skips this, with a warning, for every model that overrides
-        `compile`: the loaded model then had no optimizer, and `fit` after
-        `load_model` could not go on. This model's `compile` only forgets its
-        cached EMA weight pairs, so the saved arguments are restored as Keras
-        restores them for any model; Keras then loads the optimizer's variables.
+        """Keras's `compile_from_config`, reading a torch-only optimizer class as the public one.
 
         On torch, Keras saves the optimizer under its torch-only class (module
         `keras.src.backend.torch.optimizers...`), which fails to train on JAX or
@@ -782,15 +772,11 @@ class AmbientDiffusion(keras.Model):
         of the same name, which each backend maps to its own implementation, so
         a model saved on one backend goes on training on another.
         """
-        config = dict(config)
         optimizer = config.get("optimizer")
         if (isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend.")
                 and hasattr(keras.optimizers, str(optimizer.get("class_name")))):
-            config["optimizer"] = dict(optimizer, module="keras.optimizers")
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if getattr(self, "optimizer", None) is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
+            config = dict(config, optimizer=dict(optimizer, module="keras.optimizers"))
+        return super().compile_from_config(config)
 
     def train_on_batch(self, *args, **kwargs):
         self._steps_started = None  # one step: the count is read from `ema_step` again

@@ -768,14 +768,14 @@ class AmbientDiffusion(keras.Model):
 
         On torch, Keras saves the optimizer under its torch-only class (module
         `keras.src.backend.torch.optimizers...`), which fails to train on JAX or
-        TensorFlow; such an entry is read as the public `keras.optimizers` class
-        of the same name, which each backend maps to its own implementation, so
-        a model saved on one backend goes on training on another.
+        TensorFlow; such an entry, also one nested in a wrapper's config (the
+        inner optimizer of a `LossScaleOptimizer`, which `mixed_float16`
+        compiles), is read as the public `keras.optimizers` class of the same
+        name, which each backend maps to its own implementation, so a model
+        saved on one backend goes on training on another.
         """
-        optimizer = config.get("optimizer")
-        if (isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend.")
-                and hasattr(keras.optimizers, str(optimizer.get("class_name")))):
-            config = dict(config, optimizer=dict(optimizer, module="keras.optimizers"))
+        if "optimizer" in config:
+            config = dict(config, optimizer=_public_optimizer_classes(config["optimizer"]))
         return super().compile_from_config(config)
 
     def train_on_batch(self, *args, **kwargs):
@@ -1079,6 +1079,20 @@ class _ReadStepCount(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.model._steps_started is None:
             self.model._read_step_count()
+
+
+def _public_optimizer_classes(entry):
+    """A serialized optimizer with every backend-only optimizer class (module
+    `keras.src.backend...`, at any depth) named by its public `keras.optimizers` class."""
+    if isinstance(entry, (list, tuple)):
+        return type(entry)(_public_optimizer_classes(e) for e in entry)
+    if not isinstance(entry, dict):
+        return entry
+    entry = {k: _public_optimizer_classes(v) for k, v in entry.items()}
+    if (str(entry.get("module", "")).startswith("keras.src.backend.")
+            and hasattr(keras.optimizers, str(entry.get("class_name")))):
+        entry["module"] = "keras.optimizers"
+    return entry
 
 
 def _check_clip_range(clip_denoised):

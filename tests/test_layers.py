@@ -23,6 +23,27 @@ def test_noise_embeddings(cls, tmp_path):
     assert_saving_round_trip(model, c, tmp_path)
 
 
+@pytest.mark.parametrize("cls", [ka.layers.FourierEmbedding, ka.layers.PositionalEmbedding])
+@pytest.mark.parametrize("policy, half_ulp", [("mixed_bfloat16", 2.0 ** -9), ("mixed_float16", 2.0 ** -12)])
+def test_noise_embeddings_keep_float32_angles_under_mixed_policies(cls, policy, half_ulp):
+    # EDM's c_noise = ln(sigma)/4 over sigma in [0.002, 80], standalone and inside a
+    # network: the angles (up to hundreds of radians for Fourier features) are
+    # computed in float32, so the only error is the rounding of the output (values in
+    # [-1, 1]: at most half a unit in the last place at 1). Computed in bfloat16, the
+    # Fourier features were off by up to 0.9.
+    c = keras.ops.convert_to_tensor((np.log(np.geomspace(0.002, 80.0, 500)) / 4).astype("float32"))
+    reference = to_numpy(cls(16, seed=0, dtype="float32")(c)) if cls is ka.layers.FourierEmbedding \
+        else to_numpy(cls(16, dtype="float32")(c))
+    layer = cls(16, seed=0, dtype=policy) if cls is ka.layers.FourierEmbedding else cls(16, dtype=policy)
+    inp = keras.Input(shape=())
+    network = keras.Model(inp, keras.layers.Identity(dtype=policy)(layer(inp)))
+    for out in (layer(c), network(c)):
+        assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+        # (+1e-6: float32 rounding of the two computations of the angles)
+        np.testing.assert_allclose(to_numpy(keras.ops.cast(out, "float32")), reference,
+                                   atol=half_ulp + 1e-6, rtol=0)
+
+
 def test_positional_embedding_values():
     out = to_numpy(ka.layers.PositionalEmbedding(4, max_period=100.0)(np.array([2.0], "float32")))
     freqs = np.array([1.0, 0.01])  # endpoint=True: 1 ... 1/max_period

@@ -426,6 +426,22 @@ def test_saved_model_loads_in_the_other_backends(tmp_path, loss_scale):
         assert (result["steps"], result["after"]) == (2, 4) and np.isfinite(result["loss"]), result
 
 
+@pytest.mark.parametrize("embedding", ["fourier", "positional"])
+def test_float16_training_and_sampling_in_compiled_functions(embedding):
+    # mixed_float16 compiles the loss scaling and, on TensorFlow, the step into a graph,
+    # where a float16 `arange` (the positional embedding's, before) has no kernel.
+    keras.config.set_dtype_policy("mixed_float16")
+    net = ka.networks.MLPDenoiser(2, hidden_units=16, num_blocks=1, embedding=embedding,
+                                  embedding_dim=8, seed=0)
+    model = ka.AmbientDiffusion(net, sigma_n=SIGMA_N, consistency_weight=0.0, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(mixture_data(64), batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    out = model.denoise(mixture_data(4), 0.5)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
 def test_mixed_precision_keeps_losses_in_float32():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = small_model(consistency_weight=0.1)

@@ -21,6 +21,9 @@ class FourierEmbedding(keras.layers.Layer):
             NCSN++ value) resolves that range well.
         seed: seed of the frequency initializer.
 
+    The embedding is computed in float32 under any dtype policy (its input is not
+    autocast) and returned in the layer's compute dtype.
+
     Example:
     ```python
     emb = ka.layers.FourierEmbedding(64)
@@ -36,6 +39,9 @@ class FourierEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, dim, scale=16.0, seed=None, **kwargs):
+        # The noise condition stays float32 under a mixed policy (no autocast of the
+        # input): its angles reach hundreds of radians, where bfloat16 steps are ~1.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.dim = check_int("dim", dim, minimum=2)
         if self.dim % 2:
@@ -49,12 +55,15 @@ class FourierEmbedding(keras.layers.Layer):
             shape=(self.dim // 2,),
             initializer=keras.initializers.RandomNormal(stddev=self.scale, seed=self.seed),
             trainable=False,
+            autocast=False,  # read in float32 under a mixed policy
         )
 
     def call(self, noise_condition):
-        c = ops.reshape(ops.cast(noise_condition, self.compute_dtype), (-1, 1))
-        angles = 2.0 * math.pi * c * ops.cast(self.frequencies, self.compute_dtype)[None, :]
-        return ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
+        # In float32 whatever the policy; the result in the compute dtype.
+        c = ops.reshape(ops.cast(noise_condition, "float32"), (-1, 1))
+        angles = 2.0 * math.pi * c * ops.cast(self.frequencies, "float32")[None, :]
+        return ops.cast(ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1),
+                        self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.dim)

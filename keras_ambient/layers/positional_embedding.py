@@ -19,6 +19,9 @@ class PositionalEmbedding(keras.layers.Layer):
         scale: multiplier of the input. EDM feeds `c_noise = ln(sigma)/4`
             directly (scale 1); larger scales spread nearby noise levels apart.
 
+    The embedding is computed in float32 under any dtype policy (its input is not
+    autocast) and returned in the layer's compute dtype.
+
     Example:
     ```python
     emb = ka.layers.PositionalEmbedding(32)
@@ -33,6 +36,9 @@ class PositionalEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, dim, max_period=10000.0, scale=1.0, **kwargs):
+        # The noise condition stays float32 under a mixed policy (no autocast of the
+        # input): its angles reach hundreds of radians, where bfloat16 steps are ~1.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.dim = check_int("dim", dim, minimum=4)
         if self.dim % 2:
@@ -41,12 +47,14 @@ class PositionalEmbedding(keras.layers.Layer):
         self.scale = check_scalar("scale", scale, minimum=0, min_inclusive=False)
 
     def call(self, noise_condition):
+        # In float32 whatever the policy; the result in the compute dtype.
         half = self.dim // 2
-        exponents = ops.arange(half, dtype=self.compute_dtype) / float(half - 1)
+        exponents = ops.arange(half, dtype="float32") / float(half - 1)
         freqs = self.scale * ops.exp(-math.log(self.max_period) * exponents)
-        c = ops.reshape(ops.cast(noise_condition, self.compute_dtype), (-1, 1))
+        c = ops.reshape(ops.cast(noise_condition, "float32"), (-1, 1))
         angles = c * freqs[None, :]
-        return ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
+        return ops.cast(ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1),
+                        self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.dim)

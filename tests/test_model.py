@@ -442,6 +442,36 @@ def test_float16_training_and_sampling_in_compiled_functions(embedding):
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_saved_model_keeps_its_dtype_policy(tmp_path, policy):
+    # Loaded where the global policy is float32 (a fresh process): the model, its
+    # network and EMA copy come back in the policy they were built with, and under
+    # mixed_float16 the optimizer as the LossScaleOptimizer holding its saved state.
+    keras.config.set_dtype_policy(policy)
+    model = small_model()
+    model.fit(mixture_data(128), batch_size=64, epochs=1, verbose=0)
+    path = os.path.join(str(tmp_path), "ambient.keras")
+    model.save(path)
+    expected = model.denoise(mixture_data(8), 0.3)
+    keras.config.set_dtype_policy("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = keras.models.load_model(path)
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    assert restored.dtype_policy.name == policy
+    compute = policy.split("_")[1]
+    for den in (restored.denoiser, restored.ema_denoiser):
+        assert den.network.layers[-1].compute_dtype == compute
+    assert type(restored.optimizer) is type(model.optimizer)
+    assert int(to_numpy(restored.optimizer.iterations)) == 2
+    for a, b in zip(model.optimizer.variables, restored.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    np.testing.assert_array_equal(restored.denoise(mixture_data(8), 0.3), expected)
+    network = ka.networks.MLPDenoiser.from_config(model.network.get_config())
+    assert network.layers[-1].compute_dtype == compute
+
+
 def test_mixed_precision_keeps_losses_in_float32():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = small_model(consistency_weight=0.1)

@@ -15,6 +15,7 @@ from keras_ambient.utils.validation import (
     check_int_tuple,
     check_scalar,
 )
+from keras_ambient.utils.versioning import dtype_policy_config, saved_dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -216,6 +217,7 @@ class NoiseClassifier(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": dtype_policy_config(self),
             "image_shape": self.image_shape,
             "channels": self.channels,
             "embedding_dim": self.embedding_dim,
@@ -227,7 +229,9 @@ class NoiseClassifier(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        with saved_dtype_policy(config.pop("dtype", None)):  # its layers' policy
+            return cls(**config)
 
 
 def sigmoid(z):

@@ -18,7 +18,7 @@ from keras_ambient.utils.train_step import train_functions_by_phase, train_step_
 from keras_ambient.utils.structures import condition_length, denoiser_inputs, pad_condition, slice_condition
 from keras_ambient.utils.distribute import scale_loss_for_replicas
 from keras_ambient.utils.seeding import SavedSeedGenerator
-from keras_ambient.utils.versioning import VERSION_KEY, check_saved_config
+from keras_ambient.utils.versioning import VERSION_KEY, check_saved_config, dtype_policy_config, saved_dtype_policy
 from keras_ambient.version import __version__
 from keras_ambient.utils.validation import (
     check_choice,
@@ -1033,6 +1033,7 @@ class AmbientDiffusion(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": dtype_policy_config(self),
             "network": keras.saving.serialize_keras_object(
                 self.denoiser if self._custom_denoiser else self.network
             ),
@@ -1060,10 +1061,14 @@ class AmbientDiffusion(keras.Model):
         # Files from before 0.3.0 have no `consistency_interval`: they trained with the
         # consistency loss on every step, and go on so.
         config.setdefault("consistency_interval", 1)
-        for key in ("network", "ambient_loss", "consistency_loss"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        # Built under its saved dtype policy (files without one: the global policy), as
+        # the user built it: the EMA copy and the wrapper too, and `compile_from_config`
+        # wraps the optimizer in a LossScaleOptimizer again under mixed_float16.
+        with saved_dtype_policy(config.pop("dtype", None)):
+            for key in ("network", "ambient_loss", "consistency_loss"):
+                if isinstance(config.get(key), dict):
+                    config[key] = keras.saving.deserialize_keras_object(config[key])
+            return cls(**config)
 
 
 class _ReadStepCount(keras.callbacks.Callback):

@@ -2,6 +2,7 @@ import keras
 
 from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
 from keras_ambient.utils.validation import check_int, check_scalar
+from keras_ambient.utils.versioning import dtype_policy_config, saved_dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -85,6 +86,7 @@ class MLPDenoiser(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": dtype_policy_config(self),
             "data_dim": self.data_dim,
             "hidden_units": self.hidden_units,
             "num_blocks": self.num_blocks,
@@ -98,4 +100,6 @@ class MLPDenoiser(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        with saved_dtype_policy(config.pop("dtype", None)):  # its layers' policy
+            return cls(**config)

@@ -7,6 +7,7 @@ from keras import ops
 from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
 from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.validation import check_int, check_int_tuple, check_scalar
+from keras_ambient.utils.versioning import dtype_policy_config, saved_dtype_policy
 
 
 def _groups(channels, num_groups):
@@ -287,6 +288,7 @@ class UNet(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": dtype_policy_config(self),
             "image_shape": self.image_shape,
             "base_channels": self.base_channels,
             "channel_multipliers": self.channel_multipliers,
@@ -305,4 +307,6 @@ class UNet(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        with saved_dtype_policy(config.pop("dtype", None)):  # its layers' policy
+            return cls(**config)

@@ -11,9 +11,18 @@
   `TypeError` about an unexpected keyword argument that Keras would report.
 
 Files saved before the stamp existed (no version key) load as before.
+
+`saved_dtype_policy(policy)` rebuilds a saved network or model under the dtype
+policy it was built with (its config's `dtype`): the built-in networks create
+their layers in `__init__` under the global policy, so without it a
+`mixed_float16` model loaded in a fresh process would come back float32 (and
+its optimizer without its `LossScaleOptimizer` and saved state).
 """
 
+import contextlib
 import inspect
+
+import keras
 
 from keras_ambient.version import __version__
 
@@ -96,3 +105,24 @@ def check_saved_config(cls, config, installed=__version__):
             f"{sorted(config)}"
         )
     return config
+
+
+def dtype_policy_config(layer):
+    """The `dtype` entry of a config: the layer's dtype policy, serialized."""
+    return keras.dtype_policies.serialize(layer.dtype_policy)
+
+
+@contextlib.contextmanager
+def saved_dtype_policy(policy):
+    """Sets the global dtype policy to `policy` (a saved `dtype` entry, or None: no
+    change) while a saved object is rebuilt, and restores the previous one."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(keras.dtype_policies.deserialize(policy)
+                                  if isinstance(policy, dict) else policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

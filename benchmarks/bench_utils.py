@@ -70,12 +70,14 @@ def spawn(script, worker, task, argv, threads, timeout, tag="SPEED_JSON"):
 
 # Worker variants: "-generic" turns the library's backend fast paths off
 # (`generic_paths`); "-nhwc" builds the U-Nets channels last (`unet_kwargs`), the
-# layout every backend used before `UNet(data_format="auto")`.
-WORKER_VARIANTS = ("-generic", "-nhwc")
+# layout every backend used before `UNet(data_format="auto")`; "-bare" trains a plain
+# `keras.Model` with the library's loss instead of `AmbientDiffusion`, "-noema" an
+# `AmbientDiffusion` without its EMA (speed.py).
+WORKER_VARIANTS = ("-generic", "-nhwc", "-bare", "-noema")
 
 
 def keras_backend_of(worker):
-    """`torch` for the workers `torch`, `torch-generic` and `torch-nhwc`."""
+    """`torch` for the workers `torch`, `torch-generic`, `torch-nhwc`, `torch-bare`, ..."""
     for suffix in WORKER_VARIANTS:
         if worker.endswith(suffix):
             return worker[: -len(suffix)]

@@ -32,6 +32,8 @@ Usage:
     python benchmarks/speed.py --backends jax,torch --repeats 3 --json speed.json
     python benchmarks/speed.py --sections train --nets digits8,mlp2d --quick \
         --backends torch,torch-generic --repeats 2     # fast paths on vs off (before/after)
+    python benchmarks/speed.py --sections train --nets mlp2d --quick \
+        --backends torch,torch-noema,torch-bare --repeats 3  # what AmbientDiffusion adds
     python benchmarks/speed.py --sections train,consistency --nets img32 \
         --batch 128 --dtype-policy mixed_bfloat16            # the GPU check's rows
 
@@ -92,12 +94,53 @@ def _keras_model(net, cfg, cw=0.0, jit_compile="auto", consistency=None):
                                           num_blocks=3, seed=0)
     else:
         network = ka.networks.UNet(**bu.unet_kwargs(net, c["base_channels"], WORKER))
+    if WORKER is not None and WORKER.endswith("-bare"):
+        model = bare_model(network)
+        model.compile(optimizer=keras.optimizers.Adam(LR), jit_compile=jit_compile)
+        return model
+    no_ema = WORKER is not None and WORKER.endswith("-noema")  # what the EMA costs
     model = ka.AmbientDiffusion(
         network=network, sigma_n=SIGMA_N, sigma_data=SIGMA_DATA, consistency_weight=cw,
         consistency_loss=None if consistency is None else ka.losses.ConsistencyLoss(**consistency),
-        seed=0,
+        seed=0, **({"ema_decay": None} if no_ema else {}),
     )
     model.compile(optimizer=keras.optimizers.Adam(LR), jit_compile=jit_compile)
+    return model
+
+
+def bare_model(network, sigma_n=SIGMA_N, sigma_data=SIGMA_DATA, seed=0):
+    """The yardstick of the `*-bare` workers: a plain `keras.Model` whose loss is the
+    library's ambient loss on the library's denoiser (on torch through the same traced
+    path), with nothing else of `AmbientDiffusion`: no EMA, bad-sample checks, batch
+    handling, loss trackers or callbacks. Keras's own `fit` with the same loss: the
+    steps/s `AmbientDiffusion` would reach if what it adds cost nothing."""
+    import keras
+
+    import keras_ambient as ka
+
+    class BareAmbient(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.denoiser = ka.layers.EDMDenoiser(network, sigma_data=sigma_data)
+            self.ambient_loss = ka.losses.AmbientLoss(sigma_data=sigma_data)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        @property
+        def network(self):
+            return self.denoiser.network
+
+        def call(self, y):
+            return y
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            sigma_n_batch = keras.ops.full((keras.ops.shape(x)[0],), sigma_n)
+            out = self.ambient_loss(self.denoiser, x, sigma_n_batch, seed=self.seed_generator,
+                                    training=training)
+            return keras.ops.mean(out.loss)
+
+    model = BareAmbient()
+    shape = tuple(network.inputs[0].shape[1:])
+    model.denoiser([keras.ops.zeros((1,) + shape), keras.ops.ones((1,))])  # built before fit
     return model
 
 
@@ -452,7 +495,10 @@ def _parse(argv):
     parser.add_argument("--backends", default=",".join(bu.KERAS_BACKENDS),
                         help="Keras backends; 'torch-generic' (etc.): that backend with "
                         "keras_ambient's backend fast paths off (utils/backend_fast_paths.py); "
-                        "'torch-nhwc' (etc.): U-Nets built channels last")
+                        "'torch-nhwc' (etc.): U-Nets built channels last; 'torch-bare' (etc.): "
+                        "a plain keras.Model with the library's denoiser and ambient loss and "
+                        "nothing else (train section), Keras's own cost; 'torch-noema' (etc.): "
+                        "AmbientDiffusion(ema_decay=None)")
     parser.add_argument("--quick", action="store_true", help="few steps, small sizes")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")

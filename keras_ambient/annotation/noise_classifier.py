@@ -217,7 +217,7 @@ class NoiseClassifier(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": dtype_policy_config(self),
+            "dtype": dtype_policy_config(self.layers[-1]),  # its layers' policy
             "image_shape": self.image_shape,
             "channels": self.channels,
             "embedding_dim": self.embedding_dim,

@@ -86,7 +86,7 @@ class MLPDenoiser(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": dtype_policy_config(self),
+            "dtype": dtype_policy_config(self.layers[-1]),  # its layers' policy
             "data_dim": self.data_dim,
             "hidden_units": self.hidden_units,
             "num_blocks": self.num_blocks,

@@ -288,7 +288,7 @@ class UNet(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": dtype_policy_config(self),
+            "dtype": dtype_policy_config(self.layers[-1]),  # its layers' policy
             "image_shape": self.image_shape,
             "base_channels": self.base_channels,
             "channel_multipliers": self.channel_multipliers,

@@ -108,7 +108,8 @@ def check_saved_config(cls, config, installed=__version__):
 
 
 def dtype_policy_config(layer):
-    """The `dtype` entry of a config: the layer's dtype policy, serialized."""
+    """The `dtype` entry of a config: the layer's dtype policy, serialized (for a
+    built-in network, that of a layer it built: the global policy when it was built)."""
     return keras.dtype_policies.serialize(layer.dtype_policy)
 
 

@@ -32,9 +32,9 @@ def test_noise_embeddings_keep_float32_angles_under_mixed_policies(cls, policy, 
     # [-1, 1]: at most half a unit in the last place at 1). Computed in bfloat16, the
     # Fourier features were off by up to 0.9.
     c = keras.ops.convert_to_tensor((np.log(np.geomspace(0.002, 80.0, 500)) / 4).astype("float32"))
-    reference = to_numpy(cls(16, seed=0, dtype="float32")(c)) if cls is ka.layers.FourierEmbedding \
-        else to_numpy(cls(16, dtype="float32")(c))
-    layer = cls(16, seed=0, dtype=policy) if cls is ka.layers.FourierEmbedding else cls(16, dtype=policy)
+    seed = {"seed": 0} if cls is ka.layers.FourierEmbedding else {}  # the same frequencies
+    reference = to_numpy(cls(16, dtype="float32", **seed)(c))
+    layer = cls(16, dtype=policy, **seed)
     inp = keras.Input(shape=())
     network = keras.Model(inp, keras.layers.Identity(dtype=policy)(layer(inp)))
     for out in (layer(c), network(c)):

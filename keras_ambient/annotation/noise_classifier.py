@@ -15,7 +15,7 @@ from keras_ambient.utils.validation import (
     check_int_tuple,
     check_scalar,
 )
-from keras_ambient.utils.versioning import dtype_policy_config, saved_dtype_policy
+from keras_ambient.utils.versioning import dtype_policy_config, rebuild_under_saved_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -229,9 +229,7 @@ class NoiseClassifier(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        with saved_dtype_policy(config.pop("dtype", None)):  # its layers' policy
-            return cls(**config)
+        return rebuild_under_saved_policy(cls, config)  # its layers' policy
 
 
 def sigmoid(z):

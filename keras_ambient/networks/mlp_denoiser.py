@@ -2,7 +2,7 @@ import keras
 
 from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
 from keras_ambient.utils.validation import check_int, check_scalar
-from keras_ambient.utils.versioning import dtype_policy_config, saved_dtype_policy
+from keras_ambient.utils.versioning import dtype_policy_config, rebuild_under_saved_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_ambient")
@@ -100,6 +100,4 @@ class MLPDenoiser(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        with saved_dtype_policy(config.pop("dtype", None)):  # its layers' policy
-            return cls(**config)
+        return rebuild_under_saved_policy(cls, config)  # its layers' policy

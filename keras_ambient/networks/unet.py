@@ -7,7 +7,7 @@ from keras import ops
 from keras_ambient.networks.conditioning import SeededInitializers, condition_inputs, embed_noise_and_condition
 from keras_ambient.utils import backend_fast_paths
 from keras_ambient.utils.validation import check_int, check_int_tuple, check_scalar
-from keras_ambient.utils.versioning import dtype_policy_config, saved_dtype_policy
+from keras_ambient.utils.versioning import dtype_policy_config, rebuild_under_saved_policy
 
 
 def _groups(channels, num_groups):
@@ -307,6 +307,4 @@ class UNet(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        with saved_dtype_policy(config.pop("dtype", None)):  # its layers' policy
-            return cls(**config)
+        return rebuild_under_saved_policy(cls, config)  # its layers' policy

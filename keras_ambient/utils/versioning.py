@@ -127,3 +127,11 @@ def saved_dtype_policy(policy):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def rebuild_under_saved_policy(cls, config):
+    """`cls(**config)` built under the policy saved in the config's `dtype` (the
+    `from_config` of a network that builds its layers in `__init__`)."""
+    config = dict(config)
+    with saved_dtype_policy(config.pop("dtype", None)):
+        return cls(**config)
